@@ -1,0 +1,34 @@
+# Fresh-machine entry points (see README):
+#   make demo   set up .venv and run the bouncing-ball demo on the CPU
+#   make test   set up .venv and run the test suite
+PYTHON ?= python3
+VENV ?= .venv
+# A CPU build of torch; a bare `torch` requirement would pull a multi-GB CUDA build.
+TORCH ?= torch==2.13.0
+BIN = $(VENV)/bin
+
+.PHONY: setup demo test lint bench clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet "$(TORCH)"
+	$(BIN)/pip install --quiet -e ".[dev]"
+	touch $@
+
+demo: setup
+	$(BIN)/python examples/kalman_demo.py
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+lint: setup
+	$(BIN)/ruff check pyro_kvae tests examples benchmarks
+
+bench: setup
+	$(BIN)/python benchmarks/bench_kalman.py
+
+clean:
+	rm -rf $(VENV) *.egg-info

@@ -1,0 +1,163 @@
+# SPDX-License-Identifier: Apache-2.0
+import torch
+from pyro.distributions import MultivariateNormal, TorchDistribution, constraints
+
+from ..ops.checks import check_lgssm_shapes
+from ..ops.kalman import kalman_filter, rts_smoother
+from ..ops.lgssm import lgssm_log_prob, lgssm_posterior_rsample, lgssm_prior_rsample
+
+
+class LinearGaussianSSM(TorchDistribution):
+    r"""
+    Distribution of the observations ``a_{1:T}`` of a time-varying linear
+    Gaussian state space model, with the states ``z_{1:T}`` marginalised
+    exactly, in the style of :class:`pyro.distributions.GaussianHMM`::
+
+        z_1 ~ N(mu0, Sigma0)
+        z_t = A_t z_{t-1} + B_t u_t + w_t,   w_t ~ N(0, Q),   t = 2..T
+        a_t = C_t z_t + v_t,                 v_t ~ N(0, R)
+
+    Time index convention (paper indexing): tensor slot ``t`` (0-based) is the
+    paper's step ``t+1``, and ``A[..., t, :, :]``, ``B[..., t]``, ``u[..., t, :]``
+    hold the transition *into* that step, so slot 0 of each is ignored. (Pyro's
+    ``GaussianHMM`` instead starts from a ``z_0`` before the first transition.)
+
+    Time-varying arguments may have a time dim of ``T`` or ``1``; all leading
+    batch dims broadcast. ``batch_shape`` is their broadcast and
+    ``event_shape == (T, dim_a)``.
+
+    :param torch.Tensor mu0: ``(batch, dim_z)`` mean of ``z_1``.
+    :param torch.Tensor Sigma0: ``(batch, dim_z, dim_z)`` covariance of ``z_1``.
+    :param torch.Tensor A: ``(batch, T, dim_z, dim_z)`` transition matrices.
+    :param torch.Tensor Q: ``(batch, dim_z, dim_z)`` transition noise covariance.
+    :param torch.Tensor C: ``(batch, T, dim_a, dim_z)`` emission matrices.
+    :param torch.Tensor R: ``(batch, dim_a, dim_a)`` emission noise covariance.
+    :param torch.Tensor B: optional ``(batch, T, dim_z, dim_u)`` control matrices.
+    :param torch.Tensor u: optional ``(batch, T, dim_u)`` controls (with ``B``).
+    :param torch.Tensor mask: optional bool ``(batch, T)``: True where ``a_t`` is
+        observed. Unobserved ``a_t`` are integrated out by :meth:`log_prob`,
+        :meth:`filter`, :meth:`smooth` and :meth:`rsample_posterior`, and may hold
+        any value, NaN included.
+    :param int duration: ``T`` when every time-varying argument has a time dim of 1.
+    :param torch.dtype compute_dtype: dtype inference runs in (default float64,
+        results are cast back); ``None`` computes in the parameters' dtype.
+    """
+
+    arg_constraints = {}
+    support = constraints.independent(constraints.real, 2)
+    has_rsample = True
+
+    def __init__(
+        self,
+        mu0,
+        Sigma0,
+        A,
+        Q,
+        C,
+        R,
+        B=None,
+        u=None,
+        mask=None,
+        duration=None,
+        compute_dtype=torch.float64,
+        validate_args=None,
+    ):
+        if (B is None) != (u is None):
+            raise ValueError("B and u must be given together: B (batch, T, dim_z, dim_u), u (batch, T, dim_u)")
+        b = None
+        if B is not None:
+            if B.dim() < 3 or u.dim() < 2 or B.size(-1) != u.size(-1):
+                raise ValueError(
+                    f"B must have shape (batch, T, dim_z, dim_u) and u (batch, T, dim_u), "
+                    f"got B {tuple(B.shape)} and u {tuple(u.shape)}"
+                )
+            b = (B @ u.unsqueeze(-1)).squeeze(-1)
+        shape = check_lgssm_shapes(A, C, Q, R, mu0, Sigma0, b=b, mask=mask, duration=duration)
+        self.mu0, self.Sigma0, self.A, self.Q, self.C, self.R = mu0, Sigma0, A, Q, C, R
+        self.b, self.mask = b, mask
+        self.duration = shape.T
+        self.compute_dtype = compute_dtype
+        self.dim_z, self.dim_a = shape.dim_z, shape.dim_a
+        super().__init__(shape.batch_shape, torch.Size((shape.T, shape.dim_a)), validate_args=validate_args)
+
+    def _params(self):
+        return dict(A=self.A, C=self.C, Q=self.Q, R=self.R, mu0=self.mu0, Sigma0=self.Sigma0, b=self.b, mask=self.mask)
+
+    def expand(self, batch_shape, _instance=None):
+        new = self._get_checked_instance(LinearGaussianSSM, _instance)
+        batch_shape = torch.Size(batch_shape)
+        for name, value in self._params().items():
+            if value is not None:
+                k = {"A": 3, "C": 3, "Q": 2, "R": 2, "mu0": 1, "Sigma0": 2, "b": 2, "mask": 1}[name]
+                value = value.expand(batch_shape + value.shape[value.dim() - k :])
+            setattr(new, name, value)
+        new.duration, new.compute_dtype = self.duration, self.compute_dtype
+        new.dim_z, new.dim_a = self.dim_z, self.dim_a
+        super(LinearGaussianSSM, new).__init__(batch_shape, self.event_shape, validate_args=False)
+        new._validate_args = self._validate_args
+        return new
+
+    def _check_value(self, value):
+        if not isinstance(value, torch.Tensor):
+            raise TypeError(f"value must be a torch.Tensor, got {type(value).__name__}")
+        if value.shape[-2:] != self.event_shape:
+            raise ValueError(f"value must have shape (..., {self.duration}, {self.dim_a}), got {tuple(value.shape)}")
+
+    def log_prob(self, value):
+        """
+        :param torch.Tensor value: ``sample_shape + (batch, T, dim_a)``.
+        :returns: ``log p(value_obs)``, shape ``sample_shape + batch_shape``.
+        """
+        self._check_value(value)
+        return lgssm_log_prob(value, compute_dtype=self.compute_dtype, **self._params())
+
+    def rsample(self, sample_shape=torch.Size()):
+        """Ancestral sample of ``a``, shape ``sample_shape + batch_shape + (T, dim_a)``."""
+        p = self._params()
+        p.pop("mask")
+        _, a = lgssm_prior_rsample(
+            sample_shape=sample_shape, duration=self.duration, compute_dtype=self.compute_dtype, **p
+        )
+        return a.expand(torch.Size(sample_shape) + self.batch_shape + self.event_shape)
+
+    def _marginals(self, value, smooth):
+        self._check_value(value)
+        p = self._params()
+        dtype = value.dtype if self.compute_dtype is None else self.compute_dtype
+        p = {k: v if v is None or k == "mask" else v.to(dtype) for k, v in p.items()}
+        filtered = kalman_filter(value.to(dtype), **p)
+        if smooth:
+            mean, cov = rts_smoother(filtered, p["A"])
+        else:
+            mean, cov = filtered.filt_mean, filtered.filt_cov
+        return MultivariateNormal(mean.to(value.dtype), covariance_matrix=cov.to(value.dtype))
+
+    def filter(self, value):
+        """
+        Filtered marginals ``p(z_t | a_{<=t, obs})`` for every step.
+
+        :param torch.Tensor value: ``(batch, T, dim_a)``.
+        :returns: :class:`~pyro.distributions.MultivariateNormal` with batch
+            shape ``(batch, T)`` and event shape ``(dim_z,)``.
+        """
+        return self._marginals(value, smooth=False)
+
+    def smooth(self, value):
+        """
+        RTS-smoothed marginals ``p(z_t | a_obs)``; shapes as :meth:`filter`.
+        """
+        return self._marginals(value, smooth=True)
+
+    def rsample_posterior(self, value, sample_shape=torch.Size(), noise=None):
+        """
+        Joint reparameterised sample ``z_{1:T} ~ p(z | a_obs)`` (parallel-scan FFBS).
+
+        :param torch.Tensor value: ``(batch, T, dim_a)``.
+        :param torch.Tensor noise: optional standard normal ``sample_shape + (batch, T, dim_z)``;
+            zeros give the smoothed mean.
+        :returns: ``sample_shape + (batch, T, dim_z)``.
+        """
+        self._check_value(value)
+        return lgssm_posterior_rsample(
+            value, sample_shape=sample_shape, noise=noise, compute_dtype=self.compute_dtype, **self._params()
+        )

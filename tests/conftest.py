@@ -1,0 +1,32 @@
+# SPDX-License-Identifier: Apache-2.0
+import pyro
+import pytest
+import torch
+
+
+@pytest.fixture(autouse=True)
+def _seed_and_validate():
+    pyro.set_rng_seed(0)
+    pyro.enable_validation(True)
+    yield
+    pyro.clear_param_store()
+
+
+def make_mask(kind, batch, T, seed=0):
+    """Observation masks used across the tests: all observed, random, a missing
+    stretch (including a missing first step), and a fully missing sequence."""
+    g = torch.Generator().manual_seed(seed)
+    if kind == "none":
+        return torch.ones(batch, T, dtype=torch.bool)
+    mask = torch.rand(batch, T, generator=g) > 0.35
+    if kind == "random":
+        return mask
+    if kind == "stretch":
+        mask[:, T // 3 : T // 3 + max(2, T // 3)] = False
+        mask[0, 0] = False
+        mask[-1] = False  # a fully missing sequence
+        return mask
+    raise ValueError(kind)
+
+
+MASK_KINDS = ["none", "random", "stretch"]
