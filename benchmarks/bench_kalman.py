@@ -1,0 +1,159 @@
+# SPDX-License-Identifier: Apache-2.0
+"""
+Times LGSSM inference: log-prob + backward, smoothing, and posterior sampling.
+
+Compares pyro_kvae's parallel scan (float64 inside, and float32 inside), its
+sequential covariance-form filter/smoother, and pyro.distributions.GaussianHMM
+(float32), at (batch, T, dim_z, dim_a) = (64,20,4,2), (64,100,8,4), (256,500,16,8).
+Inputs are float32 throughout. Run by hand:
+
+    python benchmarks/bench_kalman.py [--repeat 5] [--threads 2] [--device cpu]
+"""
+
+import argparse
+import time
+
+import pyro.distributions as dist
+import torch
+
+from pyro_kvae.ops.kalman import kalman_filter, kalman_smoother
+from pyro_kvae.ops.lgssm import lgssm_log_prob, lgssm_posterior_rsample
+
+SIZES = [(64, 20, 4, 2), (64, 100, 8, 4), (256, 500, 16, 8)]
+
+
+def problem(batch, T, dz, da, device):
+    g = torch.Generator().manual_seed(0)
+    A = torch.eye(dz) + 0.05 * torch.randn(batch, T, dz, dz, generator=g) / dz**0.5
+    p = dict(
+        A=A,
+        C=torch.randn(batch, T, da, dz, generator=g) / dz**0.5,
+        Q=0.08 * torch.eye(dz),
+        R=0.03 * torch.eye(da),
+        mu0=torch.zeros(dz),
+        Sigma0=20 * torch.eye(dz),
+    )
+    a = torch.randn(batch, T, da, generator=g)
+    return a.to(device), {k: v.to(device) for k, v in p.items()}
+
+
+def gaussian_hmm(A, C, Q, R, mu0, Sigma0):
+    """The exact GaussianHMM for the LGSSM (see tests/test_lgssm.py)."""
+    dz, batch_T = A.shape[-1], A.shape[:-2]
+    M = A.mT.clone()
+    M[..., 0, :, :] = 0
+    loc = torch.zeros(batch_T + (dz,), device=A.device)
+    loc[..., 0, :] = mu0
+    cov = Q.expand(batch_T + (dz, dz)).clone()
+    cov[..., 0, :, :] = Sigma0
+    init = dist.MultivariateNormal(torch.zeros(dz, device=A.device), torch.eye(dz, device=A.device))
+    obs = dist.MultivariateNormal(torch.zeros(batch_T + C.shape[-2:-1], device=A.device), R)
+    return dist.GaussianHMM(init, M, dist.MultivariateNormal(loc, cov), C.mT, obs)
+
+
+def sequential_ffbs(a, p):
+    """Plain sequential forward-filter backward-sample (one joint draw)."""
+    f = kalman_filter(a, **p)
+    z = torch.distributions.MultivariateNormal(f.filt_mean[:, -1], f.filt_cov[:, -1]).rsample()
+    out = [z]
+    for t in range(a.shape[1] - 2, -1, -1):
+        L = torch.linalg.cholesky(f.pred_cov[:, t + 1])
+        J = torch.cholesky_solve(p["A"][:, t + 1] @ f.filt_cov[:, t], L).mT
+        mean = f.filt_mean[:, t] + (J @ (z - f.pred_mean[:, t + 1]).unsqueeze(-1)).squeeze(-1)
+        cov = f.filt_cov[:, t] - J @ f.pred_cov[:, t + 1] @ J.mT
+        cov = 0.5 * (cov + cov.mT) + 1e-6 * torch.eye(cov.shape[-1], device=cov.device)
+        z = torch.distributions.MultivariateNormal(mean, cov).rsample()
+        out.append(z)
+    return torch.stack(out[::-1], 1)
+
+
+def timeit(fn, repeat, device):
+    fn()  # warm up
+    times = []
+    for _ in range(repeat):
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        fn()
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    return 1e3 * sorted(times)[len(times) // 2]
+
+
+def log_prob_backward(method, a, p):
+    q = {k: v.clone().requires_grad_() if k in ("A", "C") else v for k, v in p.items()}
+    a = a.clone().requires_grad_()
+
+    def fn():
+        if method == "parallel f64":
+            lp = lgssm_log_prob(a, **q)
+        elif method == "parallel f32":
+            lp = lgssm_log_prob(a, compute_dtype=torch.float32, **q)
+        elif method == "sequential":
+            lp = kalman_filter(a, **q).log_prob
+        else:
+            lp = gaussian_hmm(**q).log_prob(a)
+        lp.sum().backward()
+
+    return fn
+
+
+def smoothing(method, a, p):
+    def fn():
+        with torch.no_grad():
+            if method == "sequential":
+                kalman_smoother(a, **p)
+            elif method == "parallel f64":  # means only, via zero noise
+                lgssm_posterior_rsample(a, noise=torch.zeros(a.shape[:2] + (p["A"].shape[-1],), device=a.device), **p)
+            else:
+                return None
+
+    return None if method not in ("sequential", "parallel f64") else fn
+
+
+def sampling(method, a, p):
+    def fn():
+        with torch.no_grad():
+            if method == "parallel f64":
+                lgssm_posterior_rsample(a, **p)
+            elif method == "parallel f32":
+                lgssm_posterior_rsample(a, compute_dtype=torch.float32, **p)
+            elif method == "sequential":
+                sequential_ffbs(a, p)
+            else:
+                gaussian_hmm(**p).rsample_posterior(a)
+
+    return fn
+
+
+METHODS = ["parallel f64", "parallel f32", "sequential", "GaussianHMM f32"]
+
+
+def main(args):
+    torch.set_num_threads(args.threads)
+    print(
+        f"torch {torch.__version__}, device {args.device}, threads {torch.get_num_threads()}, median of {args.repeat}"
+    )
+    print("| task | (batch, T, dim_z, dim_a) | " + " | ".join(METHODS) + " |")
+    print("|---|---|" + "---|" * len(METHODS))
+    for size in SIZES:
+        a, p = problem(*size, args.device)
+        for task, make in (
+            ("log_prob + backward", log_prob_backward),
+            ("smoothing", smoothing),
+            ("posterior sample", sampling),
+        ):
+            cells = []
+            for m in METHODS:
+                fn = make(m, a, p)
+                cells.append("n/a" if fn is None else f"{timeit(fn, args.repeat, args.device):.1f} ms")
+            print(f"| {task} | {size} | " + " | ".join(cells) + " |", flush=True)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu")
+    main(parser.parse_args())
