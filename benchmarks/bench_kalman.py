@@ -16,7 +16,7 @@ import time
 import pyro.distributions as dist
 import torch
 
-from pyro_kvae.ops.kalman import kalman_filter, kalman_smoother
+from pyro_kvae.ops.kalman import backward_conditional, kalman_filter, kalman_smoother
 from pyro_kvae.ops.lgssm import lgssm_log_prob, lgssm_posterior_rsample
 
 SIZES = [(64, 20, 4, 2), (64, 100, 8, 4), (256, 500, 16, 8)]
@@ -57,11 +57,9 @@ def sequential_ffbs(a, p):
     z = torch.distributions.MultivariateNormal(f.filt_mean[:, -1], f.filt_cov[:, -1]).rsample()
     out = [z]
     for t in range(a.shape[1] - 2, -1, -1):
-        L = torch.linalg.cholesky(f.pred_cov[:, t + 1])
-        J = torch.cholesky_solve(p["A"][:, t + 1] @ f.filt_cov[:, t], L).mT
-        mean = f.filt_mean[:, t] + (J @ (z - f.pred_mean[:, t + 1]).unsqueeze(-1)).squeeze(-1)
-        cov = f.filt_cov[:, t] - J @ f.pred_cov[:, t + 1] @ J.mT
-        cov = 0.5 * (cov + cov.mT) + 1e-6 * torch.eye(cov.shape[-1], device=cov.device)
+        mean, cov = backward_conditional(
+            f.filt_mean[:, t], f.filt_cov[:, t], f.pred_mean[:, t + 1], f.pred_cov[:, t + 1], p["A"][:, t + 1], z
+        )
         z = torch.distributions.MultivariateNormal(mean, cov).rsample()
         out.append(z)
     return torch.stack(out[::-1], 1)

@@ -102,3 +102,28 @@ def test_masked_update_keeps_prediction():
     assert torch.equal(f.filt_mean[:, 1], f.pred_mean[:, 1])
     assert torch.equal(f.filt_cov[:, 1], f.pred_cov[:, 1])
     assert (f.step_log_prob[:, 1] == 0).all()
+
+
+def test_backward_conditionals_give_exact_joint_posterior():
+    """log N(z_T; m_T, F_T) + sum_t log p(z_t | z_{t+1}, a_<=t) equals the dense log p(z | a_obs)."""
+    from pyro_kvae.ops.kalman import backward_conditional
+
+    T, dz = 5, 3
+    a, mask, p = problem(T=T, dz=dz, kind="stretch")
+    f = kalman_filter(a, mask=mask, **p)
+    z = torch.randn(4, T, dz, dtype=torch.float64)
+    MVN = torch.distributions.MultivariateNormal
+    lp = MVN(f.filt_mean[:, -1], f.filt_cov[:, -1]).log_prob(z[:, -1])
+    for t in range(T - 1):
+        mean, cov = backward_conditional(
+            f.filt_mean[:, t],
+            f.filt_cov[:, t],
+            f.pred_mean[:, t + 1],
+            f.pred_cov[:, t + 1],
+            p["A"][:, t + 1],
+            z[:, t + 1],
+        )
+        lp = lp + MVN(mean, cov).log_prob(z[:, t])
+    for i in range(4):
+        m, S = dense_posterior(a[i], mask[i], **per_seq(p, i))
+        assert abs(lp[i] - MVN(m.reshape(-1), S).log_prob(z[i].reshape(-1))) < 1e-8

@@ -143,6 +143,27 @@ def kalman_filter(a, A, C, Q, R, mu0, Sigma0, b=None, mask=None) -> KalmanFilter
     )
 
 
+def smoother_gain(filt_cov, pred_cov_next, A_next):
+    """
+    ``J_t = F_t A_{t+1}^T P_{t+1}^{-1}`` from the filtered covariance ``F_t (..., dim_z, dim_z)``,
+    the next prediction's covariance ``P_{t+1}`` and ``A_{t+1}``, all ``(..., dim_z, dim_z)``.
+    """
+    L = torch.linalg.cholesky_ex(pred_cov_next).L
+    return torch.cholesky_solve(A_next @ filt_cov, L).mT
+
+
+def backward_conditional(filt_mean, filt_cov, pred_mean_next, pred_cov_next, A_next, z_next):
+    """
+    ``p(z_t | z_{t+1}, a_{<=t}) = N(m_t + J (z_{t+1} - p_{t+1}), F_t - J P_{t+1} J^T)``, the
+    backward step of forward-filter backward-sample; ``z_next (..., dim_z)``.
+
+    :returns: ``(mean (..., dim_z), cov (..., dim_z, dim_z))``.
+    """
+    J = smoother_gain(filt_cov, pred_cov_next, A_next)
+    mean = filt_mean + _mv(J, z_next - pred_mean_next)
+    return mean, _sym(filt_cov - J @ pred_cov_next @ J.mT)
+
+
 def rts_smoother(filtered: KalmanFilterResult, A):
     """
     Rauch-Tung-Striebel backward pass.
@@ -158,9 +179,7 @@ def rts_smoother(filtered: KalmanFilterResult, A):
     mean, cov = fm[..., -1, :], fc[..., -1, :, :]
     means, covs = [mean], [cov]
     for t in range(T - 2, -1, -1):
-        L = torch.linalg.cholesky_ex(pc[..., t + 1, :, :]).L
-        # J = F_t A_{t+1}^T P_{t+1}^{-1}
-        J = torch.cholesky_solve(A[..., t + 1, :, :] @ fc[..., t, :, :], L).mT
+        J = smoother_gain(fc[..., t, :, :], pc[..., t + 1, :, :], A[..., t + 1, :, :])
         mean = fm[..., t, :] + _mv(J, mean - pm[..., t + 1, :])
         cov = _sym(fc[..., t, :, :] + J @ (cov - pc[..., t + 1, :, :]) @ J.mT)
         means.append(mean)

@@ -1,0 +1,93 @@
+# SPDX-License-Identifier: Apache-2.0
+"""
+Guides for the KVAE's ``a`` site (paper eq. 5).
+
+:class:`SmoothingGuide` (the default, ``KVAE.guide``): observed frames are
+encoded, ``q(a_t | x_t) = N(loc_t, scale_t^2)``; missing ``a_t`` are drawn
+from the exact conditional of the LGSSM given the observed ones,
+``p_gamma_hat(a_un | a_obs)``, with ``gamma_hat`` estimated recursively as in
+paper section 4 (predicted means fed to the dynamics network).
+
+Any callable ``guide(x, u=None, mask=None)`` that samples a site ``"a"`` of
+shape ``(batch, T, dim_a)`` inside ``pyro.plate("sequences", batch)`` can
+replace it, e.g. ``pyro.infer.autoguide.AutoNormal(kvae.model)``.
+"""
+
+import pyro
+import pyro.distributions as dist
+import torch
+from pyro.distributions import TorchDistribution, constraints
+
+
+class EncoderSmootherPosterior(TorchDistribution):
+    """
+    ``q(a | x) = prod_{t obs} N(a_t; loc_t, scale_t^2) * p_gamma_hat(a_un | a_obs)``.
+
+    :param torch.Tensor loc: ``(batch, T, dim_a)`` encoder means.
+    :param torch.Tensor scale: ``(batch, T, dim_a)`` encoder standard deviations.
+    :param torch.Tensor mask: bool ``(batch, T)``, True where the frame is observed.
+    :param KalmanPrior prior: the model's prior (gives ``gamma_hat`` and the LGSSM).
+    :param torch.Tensor u: optional ``(batch, T, dim_u)`` controls.
+
+    ``gamma_hat`` is a deterministic function of ``a_obs``, so ``log_prob`` is
+    exact: ``log p_gamma_hat(a_un | a_obs) = log p_gamma_hat(a) - log p_gamma_hat(a_obs)``.
+    """
+
+    arg_constraints = {}
+    support = constraints.independent(constraints.real, 2)
+    has_rsample = True
+
+    def __init__(self, loc, scale, mask, prior, u=None, validate_args=None):
+        self.loc, self.scale, self.mask, self.prior, self.u = loc, scale, mask, prior, u
+        self._cache = None
+        super().__init__(loc.shape[:-2], loc.shape[-2:], validate_args=validate_args)
+
+    def _lgssms(self, a):
+        """Full and masked LGSSMs with ``gamma_hat`` from the observed part of ``a``."""
+        if self._cache is not None and self._cache[0] is a:
+            alpha = self._cache[1]
+        else:
+            alpha = self.prior.filter(a, self.mask, self.u).alpha
+        return self.prior.lgssm(alpha, self.u), self.prior.lgssm(alpha, self.u, self.mask)
+
+    def rsample(self, sample_shape=torch.Size()):
+        if sample_shape != torch.Size():
+            raise NotImplementedError("draw several samples with pyro.plate (vectorised particles)")
+        encoded = dist.Normal(self.loc, self.scale).rsample()
+        alpha = self.prior.filter(encoded, self.mask, self.u).alpha
+        lgssm = self.prior.lgssm(alpha, self.u, self.mask)
+        z = lgssm.rsample_posterior(encoded)  # (batch, T, dim_z)
+        noise = torch.randn_like(encoded).unsqueeze(-1)
+        a_un = (lgssm.C @ z.unsqueeze(-1) + torch.linalg.cholesky(lgssm.R) @ noise).squeeze(-1)
+        a = torch.where(self.mask.unsqueeze(-1), encoded, a_un)
+        self._cache = (a, alpha)
+        return a
+
+    def log_prob(self, value):
+        encoder = dist.Normal(self.loc, self.scale).log_prob(value).sum(-1)
+        encoder = torch.where(self.mask, encoder, encoder.new_zeros(())).sum(-1)
+        full, observed = self._lgssms(value)
+        return encoder + full.log_prob(value) - observed.log_prob(value)
+
+
+class SmoothingGuide:
+    """
+    The default KVAE guide: encoder for observed frames, exact conditional
+    smoothing for missing ones (see :class:`EncoderSmootherPosterior`).
+    Without a mask it is the plain encoder ``prod_t q(a_t | x_t)``.
+
+    :param KVAE kvae: the model whose ``encoder`` and ``prior`` it uses.
+    """
+
+    def __init__(self, kvae):
+        self.kvae = kvae
+
+    def __call__(self, x, u=None, mask=None):
+        x, u, mask = self.kvae.check_inputs(x, u, mask)
+        loc, scale = self.kvae.encoder(x)
+        if mask is None:
+            q = dist.Normal(loc, scale).to_event(2)
+        else:
+            q = EncoderSmootherPosterior(loc, scale, mask, self.kvae.prior, u)
+        with pyro.plate("sequences", x.shape[0]):
+            return pyro.sample("a", q)

@@ -1,0 +1,257 @@
+# SPDX-License-Identifier: Apache-2.0
+"""
+The KVAE prior ``p_gamma(a | u)`` (paper eq. 8): an LGSSM whose matrices mix
+``K`` learned modes with weights ``alpha_t = f(a_{0:t-1})`` from a dynamics
+parameter network (eq. 9)::
+
+    A_t = sum_k alpha_t^k A^k,   B_t = sum_k alpha_t^k B^k,   C_t = sum_k alpha_t^k C^k
+    z_1 ~ N(0, Sigma0),  z_t = A_t z_{t-1} + B_t u_t + w_t,  a_t = C_t z_t + v_t
+
+Because ``gamma_t`` depends only on ``a_{<t}``, ``log p(a)`` is exact: compute
+``alpha`` from ``a`` shifted by one step, then marginalise ``z`` with the Kalman
+core (:class:`~pyro_kvae.distributions.LinearGaussianSSM`).
+"""
+
+from typing import NamedTuple
+
+import torch
+from pyro.distributions import TorchDistribution, constraints
+from pyro.nn import PyroModule
+from torch import nn
+
+from ..distributions import LinearGaussianSSM
+from ..nn.dynamics import DynamicsNetwork
+from ..ops.kalman import KalmanFilterResult, kalman_predict, kalman_update
+
+
+class RecursiveFilterResult(NamedTuple):
+    """
+    Output of :meth:`KalmanPrior.filter`: ``alpha (batch, T, K)`` estimated
+    recursively, ``a (batch, T, dim_a)`` with observed steps kept and missing
+    steps replaced by their estimates ``a_hat_t`` (eq. 12), and the Kalman
+    filter's moments for that ``alpha`` (:class:`~pyro_kvae.ops.kalman.KalmanFilterResult`).
+    """
+
+    alpha: torch.Tensor
+    a: torch.Tensor
+    filtered: KalmanFilterResult
+
+
+class KalmanPrior(PyroModule):
+    """
+    The KVAE's LGSSM prior over encodings ``a``.
+
+    :param DynamicsNetwork dynamics: gives ``alpha`` (its ``K`` and ``dim_a`` are used).
+    :param int dim_z: state dimension.
+    :param int dim_u: control dimension (0: no controls).
+    :param float Q: transition noise variance (``Q = q I``); reference 0.08.
+    :param float R: emission noise variance (``R = r I``); reference 0.03.
+    :param float Sigma0: initial state variance (``z_1 ~ N(0, s I)``); reference 20.
+    :param float init_std: std of the random initial ``B^k`` and ``C^k`` (``A^k`` start at I).
+    :param bool learn_noise: learn ``Q``, ``R``, ``Sigma0`` (isotropic) instead of fixing them.
+    """
+
+    def __init__(
+        self,
+        dynamics: DynamicsNetwork,
+        dim_z: int = 4,
+        dim_u: int = 0,
+        Q: float = 0.08,
+        R: float = 0.03,
+        Sigma0: float = 20.0,
+        init_std: float = 0.05,
+        learn_noise: bool = False,
+    ):
+        super().__init__()
+        if not isinstance(dynamics, DynamicsNetwork):
+            raise TypeError(f"dynamics must be a DynamicsNetwork, got {type(dynamics).__name__}")
+        self.dynamics = dynamics
+        K, dim_a = dynamics.K, dynamics.dim_a
+        self.K, self.dim_a, self.dim_z, self.dim_u = K, dim_a, dim_z, dim_u
+        self.A = nn.Parameter(torch.eye(dim_z).repeat(K, 1, 1))
+        self.B = nn.Parameter(init_std * torch.randn(K, dim_z, dim_u)) if dim_u else None
+        self.C = nn.Parameter(init_std * torch.randn(K, dim_a, dim_z))
+        self.register_buffer("mu0", torch.zeros(dim_z))
+        log_vars = torch.tensor([Q, R, Sigma0]).log()
+        if learn_noise:
+            self.log_var = nn.Parameter(log_vars)
+        else:
+            self.register_buffer("log_var", log_vars)
+
+    @property
+    def Q(self):
+        """``(dim_z, dim_z)``"""
+        return self.log_var[0].exp() * torch.eye(self.dim_z, device=self.A.device, dtype=self.A.dtype)
+
+    @property
+    def R(self):
+        """``(dim_a, dim_a)``"""
+        return self.log_var[1].exp() * torch.eye(self.dim_a, device=self.A.device, dtype=self.A.dtype)
+
+    @property
+    def Sigma0(self):
+        """``(dim_z, dim_z)``"""
+        return self.log_var[2].exp() * torch.eye(self.dim_z, device=self.A.device, dtype=self.A.dtype)
+
+    def mix(self, alpha):
+        """
+        Eq. (9): ``alpha (..., K)`` -> ``A_t (..., dim_z, dim_z)``, ``B_t (..., dim_z, dim_u)``,
+        ``C_t (..., dim_a, dim_z)`` (``B_t`` is None when ``dim_u == 0``).
+        """
+        if alpha.size(-1) != self.K:
+            raise ValueError(f"alpha must have shape (..., {self.K}), got {tuple(alpha.shape)}")
+        A = torch.einsum("...k,kij->...ij", alpha, self.A)
+        B = None if self.B is None else torch.einsum("...k,kij->...ij", alpha, self.B)
+        C = torch.einsum("...k,kij->...ij", alpha, self.C)
+        return A, B, C
+
+    def _check_u(self, u, batch_T):
+        if self.dim_u == 0:
+            if u is not None and u.size(-1) != 0:
+                raise ValueError(f"this prior has dim_u=0 but got controls u of shape {tuple(u.shape)}")
+            return None
+        if u is None:
+            raise ValueError(f"u must be given, with shape (batch, T, {self.dim_u})")
+        if u.shape != tuple(batch_T) + (self.dim_u,):
+            raise ValueError(f"u must have shape {tuple(batch_T) + (self.dim_u,)}, got {tuple(u.shape)}")
+        return u
+
+    def lgssm(self, alpha, u=None, mask=None) -> LinearGaussianSSM:
+        """
+        The LGSSM with mixture weights ``alpha (batch, T, K)`` held fixed.
+
+        :param torch.Tensor u: ``(batch, T, dim_u)`` controls, ``u[:, t]`` drives the transition into step ``t``.
+        :param torch.Tensor mask: bool ``(batch, T)``, True where ``a_t`` is observed.
+        """
+        A, B, C = self.mix(alpha)
+        u = self._check_u(u, alpha.shape[:-1])
+        kw = {} if u is None else {"B": B, "u": u}
+        return LinearGaussianSSM(self.mu0, self.Sigma0, A, self.Q, C, self.R, mask=mask, **kw)
+
+    def forward(self, a, u=None, mask=None) -> LinearGaussianSSM:
+        """
+        The LGSSM given ``a (batch, T, dim_a)``, with ``alpha`` computed from ``a``
+        shifted by one step, so that ``self(a).log_prob(a) == log p(a | u)`` exactly.
+        """
+        return self.lgssm(self.dynamics(a), u, mask)
+
+    def distribution(self, batch_shape, T: int, u=None) -> "KalmanPriorDistribution":
+        """``p(a | u)`` as a Pyro distribution with batch shape ``batch_shape`` and event ``(T, dim_a)``."""
+        return KalmanPriorDistribution(self, torch.Size(batch_shape), T, u)
+
+    def sample(self, batch_shape, T: int, u=None):
+        """
+        Ancestral sample from the generative model, ``alpha`` fed by the generated ``a``.
+
+        :returns: ``z (batch, T, dim_z)``, ``a (batch, T, dim_a)``, ``alpha (batch, T, K)``.
+        """
+        batch_shape = torch.Size(batch_shape)
+        u = self._check_u(u, batch_shape + (T,))
+        L_Q, L_R, L_S = (torch.linalg.cholesky(m) for m in (self.Q, self.R, self.Sigma0))
+
+        def noise(L):
+            eps = torch.randn(batch_shape + (L.size(-1), 1), device=L.device, dtype=L.dtype)
+            return (L @ eps).squeeze(-1)
+
+        a_prev = self.dynamics.a0.expand(batch_shape + (self.dim_a,))
+        state = self.dynamics.init_state(batch_shape)
+        zs, as_, alphas = [], [], []
+        for t in range(T):
+            alpha, state = self.dynamics.step(a_prev, state)
+            A, B, C = self.mix(alpha)
+            if t == 0:
+                z = self.mu0 + noise(L_S)
+            else:
+                z = (A @ z.unsqueeze(-1)).squeeze(-1) + noise(L_Q)
+                if u is not None:
+                    z = z + (B @ u[..., t, :, None]).squeeze(-1)
+            a_prev = (C @ z.unsqueeze(-1)).squeeze(-1) + noise(L_R)
+            zs.append(z)
+            as_.append(a_prev)
+            alphas.append(alpha)
+        return torch.stack(zs, -2), torch.stack(as_, -2), torch.stack(alphas, -2)
+
+    def filter(self, a, mask=None, u=None, sample: bool = False) -> RecursiveFilterResult:
+        """
+        Kalman filtering with the dynamics network in the loop (paper section 4).
+
+        At a missing step ``t`` the network needs ``a_t`` to give ``alpha_{t+1}``;
+        it gets the estimate ``a_hat_t``: the predicted mean ``C_t E[z_t | a_{<t}]``,
+        or with ``sample=True`` a draw ``C_t z_hat_t + v_t`` with
+        ``z_hat_t ~ p(z_t | a_{<t})`` (eqs. 11-12).
+
+        :param torch.Tensor a: ``(batch, T, dim_a)``; missing steps may hold anything, NaN included.
+        :param torch.Tensor mask: bool ``(batch, T)``, True where ``a_t`` is observed (default: all).
+        :param torch.Tensor u: ``(batch, T, dim_u)`` controls.
+        """
+        if a.dim() < 2 or a.size(-1) != self.dim_a:
+            raise ValueError(f"a must have shape (batch, T, {self.dim_a}), got {tuple(a.shape)}")
+        batch_shape, T = a.shape[:-2], a.size(-2)
+        if mask is None:
+            mask = torch.ones(batch_shape + (T,), dtype=torch.bool, device=a.device)
+        if mask.dtype != torch.bool or mask.shape != batch_shape + (T,):
+            raise ValueError(
+                f"mask must be a bool tensor of shape {tuple(batch_shape + (T,))}, got {mask.dtype} {tuple(mask.shape)}"
+            )
+        u = self._check_u(u, batch_shape + (T,))
+        a = torch.where(mask.unsqueeze(-1), a, a.new_zeros(()))
+        mean = self.mu0.expand(batch_shape + (self.dim_z,))
+        cov = self.Sigma0.expand(batch_shape + (self.dim_z, self.dim_z))
+        L_R = torch.linalg.cholesky(self.R)
+        a_prev = self.dynamics.a0.expand(batch_shape + (self.dim_a,))
+        state = self.dynamics.init_state(batch_shape)
+        out = {k: [] for k in ("alpha", "a", "pm", "pc", "fm", "fc", "lp")}
+        for t in range(T):
+            alpha, state = self.dynamics.step(a_prev, state)
+            A, B, C = self.mix(alpha)
+            if t > 0:
+                b = None if u is None else (B @ u[..., t, :, None]).squeeze(-1)
+                mean, cov = kalman_predict(mean, cov, A, self.Q, b)
+            pm, pc = mean, cov
+            if sample:
+                L = torch.linalg.cholesky(pc)
+                z_hat = pm + (L @ torch.randn_like(pm).unsqueeze(-1)).squeeze(-1)
+                a_hat = (C @ z_hat.unsqueeze(-1)).squeeze(-1) + (L_R @ torch.randn_like(a[..., t, :, None])).squeeze(-1)
+            else:
+                a_hat = (C @ pm.unsqueeze(-1)).squeeze(-1)
+            a_prev = torch.where(mask[..., t, None], a[..., t, :], a_hat)
+            mean, cov, lp = kalman_update(pm, pc, a[..., t, :], C, self.R, mask[..., t])
+            for k, v in zip(out, (alpha, a_prev, pm, pc, mean, cov, lp)):
+                out[k].append(v)
+        dims = {"alpha": -2, "a": -2, "pm": -2, "pc": -3, "fm": -2, "fc": -3, "lp": -1}
+        st = {k: torch.stack(v, dims[k]) for k, v in out.items()}
+        filtered = KalmanFilterResult(st["pm"], st["pc"], st["fm"], st["fc"], st["lp"].sum(-1), st["lp"])
+        return RecursiveFilterResult(st["alpha"], st["a"], filtered)
+
+
+class KalmanPriorDistribution(TorchDistribution):
+    """
+    ``p(a | u)`` of a :class:`KalmanPrior` as a distribution over
+    ``a (batch, T, dim_a)``: ``log_prob`` is exact (``z`` marginalised by the
+    parallel Kalman scan, ``alpha`` teacher-forced from the value), ``rsample``
+    is ancestral with ``alpha`` fed by the generated ``a``.
+    """
+
+    arg_constraints = {}
+    support = constraints.independent(constraints.real, 2)
+    has_rsample = True
+
+    def __init__(self, prior: KalmanPrior, batch_shape, T: int, u=None, validate_args=None):
+        self.prior, self.u, self.T = prior, u, T
+        super().__init__(torch.Size(batch_shape), torch.Size((T, prior.dim_a)), validate_args=validate_args)
+
+    def expand(self, batch_shape, _instance=None):
+        batch_shape = torch.Size(batch_shape)
+        u = None if self.u is None else self.u.expand(batch_shape + self.u.shape[-2:])
+        return KalmanPriorDistribution(self.prior, batch_shape, self.T, u, validate_args=False)
+
+    def log_prob(self, value):
+        if value.shape[-2:] != self.event_shape:
+            raise ValueError(f"value must have shape (..., {self.T}, {self.prior.dim_a}), got {tuple(value.shape)}")
+        u = None if self.u is None else self.u.expand(value.shape[:-2] + self.u.shape[-2:])
+        return self.prior(value, u).log_prob(value)
+
+    def rsample(self, sample_shape=torch.Size()):
+        shape = torch.Size(sample_shape) + self.batch_shape
+        u = None if self.u is None else self.u.expand(shape + self.u.shape[-2:])
+        return self.prior.sample(shape, self.T, u)[1]

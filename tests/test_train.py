@@ -1,0 +1,100 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Training: ELBO improves, checkpoints resume identically, missing frames, devices."""
+
+import json
+import os
+
+import pytest
+import torch
+
+from pyro_kvae.config import KVAEConfig
+from pyro_kvae.data import VideoDataset, generate, save
+from pyro_kvae.train import CHECKPOINT, Trainer
+
+SMALL_BOX = dict(size=16, T=8, radius=2.0, inset=1.0, init_std=4.0, speed_min=5.0, speed_max=7.5)
+
+
+@pytest.fixture(scope="module")
+def tiny_videos(tmp_path_factory):
+    path = str(tmp_path_factory.mktemp("data") / "box16.npz")
+    save(path, generate("box", (96, 32, 32), seed=0, progress=False, **SMALL_BOX))
+    return VideoDataset(path, "train"), VideoDataset(path, "valid")
+
+
+def config(**kw):
+    base = dict(frame_size=16, vae="mlp", mlp_hidden=(64,), batch_size=16, kf_update_epochs=1, lr=0.01)
+    base.update(kw)
+    return KVAEConfig(**base)
+
+
+def params(trainer):
+    return {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
+
+
+def test_short_run_improves_elbo(tiny_videos):
+    train, valid = tiny_videos
+    trainer = Trainer(config(epochs=8), progress=False)
+    before = trainer.evaluate(valid)
+    history = trainer.fit(train, valid)
+    after = trainer.evaluate(valid)
+    print(f"valid ELBO per sequence: before {before:.1f}, after {after:.1f}")
+    assert len(history) == 8 and all("valid_elbo" in h for h in history)
+    # 8 frames of 16x16 binary pixels start near 8 * 256 * log(2) = 1420 nats below zero
+    assert after > before + 0.5 * abs(before)
+
+
+def test_checkpoint_resume_is_identical(tiny_videos, tmp_path):
+    train, _ = tiny_videos
+    straight = Trainer(config(epochs=3, train_miss_prob=0.3), progress=False)
+    straight.fit(train)
+
+    run = str(tmp_path / "run")
+    first = Trainer(config(epochs=3, train_miss_prob=0.3), run_dir=run, progress=False)
+    first.fit(train, epochs=2)
+    assert os.path.exists(os.path.join(run, CHECKPOINT))
+    assert [f for f in os.listdir(run) if f.endswith(".tmp")] == []
+    resumed = Trainer.resume(run, progress=False)
+    assert resumed.epoch == 2
+    resumed.fit(train)
+    assert resumed.epoch == 3
+    a, b = params(straight), params(resumed)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert [h["train_loss"] for h in straight.history] == [h["train_loss"] for h in resumed.history]
+    lines = open(os.path.join(run, "metrics.jsonl")).read().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [1, 2, 3]
+
+
+def test_alpha_network_frozen_for_first_epochs(tiny_videos):
+    train, _ = tiny_videos
+    trainer = Trainer(config(epochs=2, kf_update_epochs=1, dynamics="lstm"), progress=False)
+    dyn = lambda: {k: v.clone() for k, v in trainer.model.prior.dynamics.state_dict().items()}  # noqa: E731
+    start = dyn()
+    A0 = trainer.model.prior.A.detach().clone()
+    trainer.train_epoch(train)
+    assert all(torch.equal(start[k], v) for k, v in dyn().items())  # alpha network untouched
+    assert not torch.equal(A0, trainer.model.prior.A)  # the LGSSM modes did train
+    trainer.train_epoch(train)
+    assert not all(torch.equal(start[k], v) for k, v in dyn().items())
+
+
+def test_resume_without_checkpoint(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        Trainer.resume(str(tmp_path))
+
+
+def test_controls_dataset_trains(tmp_path):
+    path = str(tmp_path / "pendulum.npz")
+    save(path, generate("pendulum", (16, 4, 4), seed=0, progress=False, T=6))
+    train = VideoDataset(path, "train")
+    trainer = Trainer(config(dim_u=1, K=2, dim_z=3, epochs=1, batch_size=8), progress=False)
+    trainer.fit(train)
+    assert torch.isfinite(torch.tensor(trainer.history[-1]["train_loss"]))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_cuda_training(tiny_videos):
+    train, valid = tiny_videos
+    trainer = Trainer(config(epochs=1, device="cuda", train_miss_prob=0.2), progress=False)
+    trainer.fit(train, valid)
+    assert next(trainer.model.parameters()).is_cuda
+    assert torch.isfinite(torch.tensor(trainer.history[-1]["valid_elbo"]))
