@@ -1,5 +1,5 @@
 # Fresh-machine entry points (see README):
-#   make demo   set up .venv and run the bouncing-ball demo on the CPU
+#   make demo   set up .venv and run the bouncing-ball demo (quick run, CPU)
 #   make test   set up .venv and run the test suite
 PYTHON ?= python3
 VENV ?= .venv
@@ -19,7 +19,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: setup
-	$(BIN)/python examples/kalman_demo.py
+	$(BIN)/python examples/bouncing_ball.py
 
 test: setup
 	$(BIN)/python -m pytest -q

@@ -33,9 +33,10 @@ class Imputation(NamedTuple):
 
 
 @torch.no_grad()
-def impute(kvae, x, mask, u=None, smooth: bool = True, sample: bool = False) -> Imputation:
+def impute(kvae, x, mask=None, u=None, smooth: bool = True, sample: bool = False) -> Imputation:
     """
-    Imputes the frames of ``x (batch, T, H, W)`` where ``mask (batch, T)`` is False.
+    Imputes the frames of ``x (batch, T, H, W)`` where ``mask (batch, T)`` is False
+    (``mask=None``: nothing missing; returns the encodings and reconstructions).
 
     :param bool smooth: use the RTS-smoothed states (past and future frames) rather than
         the filtered ones (past frames only).
