@@ -32,20 +32,22 @@ from pyro_kvae.train import CHECKPOINT, Trainer
 QUICK = dict(epochs=10, conv_filters=(16, 16, 16), kf_update_epochs=3)
 
 
-def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", default="data/box.npz", help="dataset file, generated if missing")
-    parser.add_argument("--run-dir", default="runs/bouncing_ball")
+def parse_args(argv=None, env="box", doc=__doc__, model=None):
+    """Flags of the example for environment ``env``; ``model`` overrides KVAEConfig defaults (e.g. the pendulum's)."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--env", default=env, help=argparse.SUPPRESS)
+    parser.add_argument("--data", default=f"data/{env}.npz", help="dataset file, generated if missing")
+    parser.add_argument("--run-dir", default=f"runs/{'bouncing_ball' if env == 'box' else env}")
     parser.add_argument("--full", action="store_true", help="paper settings instead of the quick run")
     parser.add_argument("--n-train", type=int, help="training sequences (quick: 2000, full: all)")
     parser.add_argument("--n-test", type=int, help="test sequences (quick: 200, full: all)")
     parser.add_argument("--cuda", action="store_true", help="train on the GPU")
     parser.add_argument("--resume", action="store_true", help="continue from run-dir/checkpoint.pt")
     parser.add_argument("--drop-prob", type=float, default=0.5, help="frames dropped at random for imputation")
-    add_config_args(parser)
+    add_config_args(parser, KVAEConfig(**(model or {})))
     args = parser.parse_args(argv)
     if not args.full:  # quick defaults where the user gave no value
-        defaults = KVAEConfig()
+        defaults = KVAEConfig(**(model or {}))
         for k, v in QUICK.items():
             if getattr(args, k) == getattr(defaults, k):
                 setattr(args, k, v)
@@ -70,11 +72,12 @@ def evaluate(trainer, test, args):
     """Test ELBO and imputation errors at one drop probability (first 4 frames observed)."""
     model, device = trainer.model, trainer.device
     x = test.x.to(device)
+    u = test.u.to(device) if test.u.size(-1) else None
     g = torch.Generator().manual_seed(args.seed + 1)
     mask = (torch.rand(x.shape[:2], generator=g) >= args.drop_prob).to(device)
     mask[:, :4] = True
-    smoothed = impute(model, x, mask, smooth=True)
-    filtered = impute(model, x, mask, smooth=False)
+    smoothed = impute(model, x, mask, u, smooth=True)
+    filtered = impute(model, x, mask, u, smooth=False)
     metrics = {
         "epochs": trainer.epoch,
         "test_elbo": trainer.evaluate(test),
@@ -83,10 +86,10 @@ def evaluate(trainer, test, args):
         "pixel_error_filtering": pixel_error(filtered.x, x, mask).item(),
         "pixel_error_blank": pixel_error(torch.zeros_like(x), x, mask).item(),
     }
-    return metrics, x, mask, filtered, smoothed
+    return metrics, x, u, mask, filtered, smoothed
 
 
-def figures(trainer, x, mask, filtered, smoothed, run_dir):
+def figures(trainer, x, u, mask, filtered, smoothed, run_dir):
     paths = {}
     paths["training"] = os.path.join(run_dir, "training.png")
     plot_training(trainer.history, paths["training"])
@@ -98,17 +101,23 @@ def figures(trainer, x, mask, filtered, smoothed, run_dir):
     paths["imputation_gif"] = os.path.join(run_dir, "imputation.gif")
     save_gif(rows, paths["imputation_gif"], titles)
     # a-space (fig. 3c): encoded (all frames), smoothed and generated from the first 4 frames
-    encoded = impute(trainer.model, x[:1]).a[0]
+    u1 = None if u is None else u[:1]
+    encoded = impute(trainer.model, x[:1], u=u1).a[0]
     gap = torch.zeros_like(mask[:1])
     gap[:, :4] = True
     gap[:, -4:] = True
-    gen = generate(trainer.model, x[:1, :4], x.shape[1])
-    smooth_gap = impute(trainer.model, x[:1], gap, smooth=True)
+    gen = generate(trainer.model, x[:1, :4], x.shape[1], u1)
+    smooth_gap = impute(trainer.model, x[:1], gap, u1, smooth=True)
     paths["trajectories"] = os.path.join(run_dir, "trajectories.png")
     plot_trajectories(
         [encoded, gen.a[0], smooth_gap.a[0]], gap[0], paths["trajectories"], ["encoded", "generated", "smoothed"]
     )
-    long = generate(trainer.model, x[:4, :4], 60)
+    # without controls roll on for 60 frames; with controls only as far as they are known
+    long = (
+        generate(trainer.model, x[:4, :4], 60, None)
+        if u is None
+        else generate(trainer.model, x[:4, :4], x.shape[1], u[:4])
+    )
     paths["generation_gif"] = os.path.join(run_dir, "generation.gif")
     save_gif(list(long.x), paths["generation_gif"], [f"seq {k}" for k in range(4)], fps=8)
     return paths
@@ -117,7 +126,7 @@ def figures(trainer, x, mask, filtered, smoothed, run_dir):
 def main(args):
     torch.manual_seed(args.seed)
     start = time.perf_counter()
-    train = VideoDataset(args.data, "train", env="box", seed=args.seed)
+    train = VideoDataset(args.data, "train", env=args.env, seed=args.seed)
     valid = VideoDataset(args.data, "valid")
     test = VideoDataset(args.data, "test")
     if args.n_train:
@@ -128,13 +137,13 @@ def main(args):
     print(f"data: {len(train)} train, {len(valid)} valid, {len(test)} test sequences from {args.data}")
 
     trainer = make_trainer(args)
-    trainer.fit(train, valid)
-    metrics, x, mask, filtered, smoothed = evaluate(trainer, test, args)
+    trainer.fit(train, valid, epochs=args.epochs)
+    metrics, x, u, mask, filtered, smoothed = evaluate(trainer, test, args)
     metrics["wall_time_s"] = round(time.perf_counter() - start, 1)
     metrics["device"] = str(trainer.device)
     with open(os.path.join(args.run_dir, "metrics.json"), "w") as f:
         json.dump(metrics, f, indent=2)
-    paths = figures(trainer, x, mask, filtered, smoothed, args.run_dir)
+    paths = figures(trainer, x, u, mask, filtered, smoothed, args.run_dir)
 
     print(json.dumps(metrics, indent=2))
     print(f"outputs in {os.path.abspath(args.run_dir)}:")

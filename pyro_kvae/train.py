@@ -130,7 +130,9 @@ class Trainer:
 
     def fit(self, train, valid=None, epochs: Optional[int] = None):
         """Trains up to ``epochs`` (default ``config.epochs``) in total, checkpointing after each epoch."""
-        epochs = self.config.epochs if epochs is None else epochs
+        if epochs is not None:  # a new target, e.g. when a resumed run is extended
+            self.config.epochs = epochs
+        epochs = self.config.epochs
         bar = tqdm(
             range(self.epoch, epochs), desc="training", disable=not self.progress, initial=self.epoch, total=epochs
         )

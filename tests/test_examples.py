@@ -37,5 +37,26 @@ def test_bouncing_ball_example(tmp_path, resume):
         assert "resumed" in stdout
     metrics = json.load(open(tmp_path / "run" / "metrics.json"))
     assert metrics["epochs"] == (2 if resume else 1)
-    for name in ("checkpoint.pt", "config.json", "imputation.png", "imputation.gif", "generation.gif", "trajectories.png"):
+    for name in (
+        "checkpoint.pt",
+        "config.json",
+        "imputation.png",
+        "imputation.gif",
+        "generation.gif",
+        "trajectories.png",
+    ):
         assert os.path.exists(tmp_path / "run" / name), name
+
+
+@pytest.mark.parametrize("script, env", [("pendulum.py", "pendulum"), ("pong.py", "pong")])
+def test_other_environment_examples(tmp_path, script, env):
+    data = tmp_path / f"{env}.npz"
+    save(str(data), generate(env, (16, 4, 4), seed=0, progress=False))
+    run_dir = tmp_path / "run"
+    args = ["--data", str(data), "--run-dir", str(run_dir), "--epochs", "1", "--batch-size", "8"]
+    stdout = run(script, *args, cwd=tmp_path)
+    assert "outputs in" in stdout
+    config = json.load(open(run_dir / "config.json"))
+    if env == "pendulum":
+        assert config["dim_u"] == 1 and config["frame_size"] == 16 and config["K"] == 2
+    assert os.path.exists(run_dir / "generation.gif")

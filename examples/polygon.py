@@ -1,0 +1,12 @@
+# SPDX-License-Identifier: Apache-2.0
+"""
+The KVAE on the paper's polygon environment (section 5.3): the same pipeline
+as ``examples/bouncing_ball.py`` (see its flags), on its own data.
+
+    python examples/polygon.py [--full] [--cuda] [--resume]
+"""
+
+from bouncing_ball import main, parse_args
+
+if __name__ == "__main__":
+    main(parse_args(env="polygon", doc=__doc__))

@@ -1,0 +1,124 @@
+# SPDX-License-Identifier: Apache-2.0
+"""
+The paper's RNN baselines for imputation (section 5.1): AE-RNN and VAE-RNN.
+
+An auto-encoder with the KVAE's architecture (deterministic for AE-RNN, a
+VAE with a standard normal prior for VAE-RNN) is trained on single frames;
+then an LSTM is trained to predict the next encoding. During imputation the
+LSTM reads the encoding of a frame when it is observed and its own previous
+prediction otherwise (like filtering in the KVAE), and the decoder draws the
+frames.
+"""
+
+from typing import Optional
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .nn.vae import frame_distribution
+
+
+class RNNBaseline(nn.Module):
+    """
+    :param encoder: ``x (..., H, W) -> (loc, scale) (..., dim_a)`` (the KVAE's encoder class).
+    :param decoder: ``a (..., dim_a) -> logits (..., H, W)``.
+    :param bool variational: VAE-RNN (sampled codes, KL to N(0, I)) instead of AE-RNN.
+    :param int hidden: LSTM units.
+    """
+
+    def __init__(self, encoder, decoder, variational: bool, dim_a: int = 2, hidden: int = 50, likelihood="bernoulli"):
+        super().__init__()
+        self.encoder, self.decoder = encoder, decoder
+        self.variational, self.likelihood = variational, likelihood
+        self.lstm = nn.LSTM(dim_a, hidden, batch_first=True)
+        self.head = nn.Linear(hidden, dim_a)
+        self.a0 = nn.Parameter(torch.zeros(dim_a))
+
+    def autoencoder_loss(self, x):
+        """Negative (ELBO for VAE, log-likelihood for AE) per frame, ``x (..., H, W)``."""
+        loc, scale = self.encoder(x)
+        a = loc + scale * torch.randn_like(scale) if self.variational else loc
+        nll = -frame_distribution(self.decoder(a), self.likelihood).log_prob(x).sum((-1, -2))
+        if self.variational:
+            kl = 0.5 * (loc**2 + scale**2 - 1 - 2 * scale.log()).sum(-1)
+            nll = nll + kl
+        return nll.mean()
+
+    def predict(self, a, mask=None):
+        """
+        One-step predictions with observed encodings fed where ``mask`` is True.
+
+        :param torch.Tensor a: ``(batch, T, dim_a)`` encodings (anything where missing).
+        :param torch.Tensor mask: bool ``(batch, T)`` (default: all observed, teacher forcing).
+        :returns: ``(batch, T, dim_a)``: ``a`` where observed, the LSTM's prediction elsewhere;
+            and the raw predictions ``(batch, T, dim_a)`` of ``a_t`` from ``a_{<t}``.
+        """
+        N, T, _ = a.shape
+        if mask is None:  # teacher forcing in one call
+            inputs = torch.cat([self.a0.expand(N, 1, -1), a[:, :-1]], 1)
+            pred = self.head(self.lstm(inputs)[0])
+            return a, pred
+        state, prev = None, self.a0.expand(N, -1)
+        filled, preds = [], []
+        for t in range(T):
+            h, state = self.lstm(prev.unsqueeze(1), state)
+            p = self.head(h[:, 0])
+            prev = torch.where(mask[:, t, None], a[:, t], p)
+            filled.append(prev)
+            preds.append(p)
+        return torch.stack(filled, 1), torch.stack(preds, 1)
+
+    @torch.no_grad()
+    def impute(self, x, mask):
+        """Frames ``(batch, T, H, W)``: decoded LSTM predictions at missing steps, reconstructions elsewhere."""
+        x = torch.where(mask[..., None, None], x, x.new_zeros(()))
+        a, _ = self.encoder(x)
+        filled, _ = self.predict(a, mask)
+        return frame_distribution(self.decoder(filled), self.likelihood).mean
+
+
+def train_rnn_baseline(
+    model: RNNBaseline,
+    x: torch.Tensor,
+    epochs_ae: int = 10,
+    epochs_rnn: int = 10,
+    batch_size: int = 32,
+    lr: float = 1e-3,
+    seed: int = 0,
+    device: Optional[str] = None,
+    progress: bool = True,
+):
+    """
+    Trains ``model`` on videos ``x (N, T, H, W)``: first the (V)AE on all frames,
+    then the LSTM on the (fixed) encoder means, predicting ``a_t`` from ``a_{<t}``.
+    Returns the final losses ``(autoencoder, rnn)``.
+    """
+    device = torch.device(device or "cpu")
+    model.to(device)
+    g = torch.Generator().manual_seed(seed)
+    ae_params = list(model.encoder.parameters()) + list(model.decoder.parameters())
+    opt = torch.optim.Adam(ae_params, lr=lr)
+    frames = x.reshape(-1, *x.shape[-2:])
+    ae_loss = rnn_loss = float("nan")
+    for _ in tqdm(range(epochs_ae), desc="autoencoder", disable=not progress):
+        for idx in torch.randperm(len(frames), generator=g).split(batch_size * x.shape[1]):
+            loss = model.autoencoder_loss(frames[idx].to(device))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            ae_loss = loss.item()
+    with torch.no_grad():
+        codes = torch.cat([model.encoder(x[i : i + 256].to(device))[0] for i in range(0, len(x), 256)])
+    rnn_params = list(model.lstm.parameters()) + list(model.head.parameters()) + [model.a0]
+    opt = torch.optim.Adam(rnn_params, lr=lr)
+    for _ in tqdm(range(epochs_rnn), desc="rnn", disable=not progress):
+        for idx in torch.randperm(len(x), generator=g).split(batch_size):
+            a = codes[idx.to(device)]
+            _, pred = model.predict(a)
+            loss = (pred - a).pow(2).sum(-1).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            rnn_loss = loss.item()
+    return ae_loss, rnn_loss

@@ -1,0 +1,68 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Baselines and the experiment runner."""
+
+import json
+import os
+
+import torch
+
+from pyro_kvae.baselines import RNNBaseline, train_rnn_baseline
+from pyro_kvae.data import generate, save
+from pyro_kvae.experiments import gap_mask, imputation_table, main, random_mask
+from pyro_kvae.nn import MLPDecoder, MLPEncoder
+
+
+def test_masks():
+    g = torch.Generator().manual_seed(0)
+    m = random_mask((500, 20), 0.5, g)
+    assert m[:, :4].all() and abs((~m[:, 4:]).float().mean().item() - 0.5) < 0.02
+    assert random_mask((3, 20), 1.0, g)[:, 4:].sum() == 0
+    m = gap_mask((2, 20), 6)
+    assert m.sum(1).tolist() == [14, 14] and not m[:, 7:13].any()
+
+
+def test_imputation_table_scores_each_method_on_the_same_masks():
+    x = (torch.rand(8, 20, 4, 4) > 0.5).float()
+    methods = {"truth": lambda x, m: x, "inverted": lambda x, m: 1 - x}
+    rows = imputation_table(methods, x, probs=(0.5,), gaps=(4,))
+    errors = {(r["setting"], r["method"]): r["pixel_error"] for r in rows}
+    assert errors == {(0.5, "truth"): 0.0, (0.5, "inverted"): 1.0, (4, "truth"): 0.0, (4, "inverted"): 1.0}
+
+
+def test_rnn_baseline_feeds_its_own_predictions_where_missing():
+    torch.manual_seed(0)
+    model = RNNBaseline(MLPEncoder(4, 2, (8,)), MLPDecoder(4, 2, (8,)), variational=True)
+    a = torch.randn(3, 6, 2)
+    full, pred = model.predict(a)
+    stepped, pred2 = model.predict(a, torch.ones(3, 6, dtype=torch.bool))
+    assert torch.equal(full, a) and torch.allclose(pred, pred2, atol=1e-6)
+    mask = torch.tensor([[1, 1, 0, 0, 1, 0]] * 3, dtype=torch.bool)
+    filled, pred3 = model.predict(a, mask)
+    assert torch.equal(filled[mask], a[mask]) and torch.equal(filled[~mask], pred3[~mask])
+    b = a.clone()
+    b[:, 2:4] = 100.0  # values at missing steps are never read
+    assert torch.equal(model.predict(b, mask)[0], filled)
+
+
+def test_rnn_baseline_training_reduces_losses():
+    torch.manual_seed(0)
+    x = (torch.rand(32, 6, 4, 4) > 0.7).float()
+    for variational in (False, True):
+        model = RNNBaseline(MLPEncoder(4, 2, (16,)), MLPDecoder(4, 2, (16,)), variational)
+        before = model.autoencoder_loss(x.flatten(0, 1)).item()
+        ae, rnn = train_rnn_baseline(model, x, epochs_ae=20, epochs_rnn=2, batch_size=8, lr=1e-2, progress=False)
+        assert ae < before and rnn == rnn
+
+
+def test_experiment_runner(tmp_path, capsys):
+    data = str(tmp_path / "box.npz")
+    save(data, generate("box", (24, 4, 12), seed=0, progress=False))
+    run = str(tmp_path / "exp")
+    main(["box", "--data", data, "--run-dir", run, "--epochs", "1", "--baseline-epochs", "1", "--n-test", "12"])
+    results = json.load(open(os.path.join(run, "results.json")))
+    methods = {r["method"] for r in results["rows"]}
+    assert methods == {"KVAE smoothing", "KVAE filtering", "VAE-RNN", "AE-RNN", "blank frames"}
+    assert len(results["rows"]) == 5 * (10 + 7)
+    for name in ("results.csv", "fig3a.png", "fig3b.png", "fig3c.png", "fig4.png", "fig5.png", "generation.gif"):
+        assert os.path.exists(os.path.join(run, name)), name
+    assert "outputs in" in capsys.readouterr().out
