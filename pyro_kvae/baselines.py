@@ -1,6 +1,7 @@
 # SPDX-License-Identifier: Apache-2.0
 """
-The paper's RNN baselines for imputation (section 5.1): AE-RNN and VAE-RNN.
+The paper's baselines: AE-RNN and VAE-RNN for imputation (section 5.1) and a
+deep Markov model for the pendulum ELBO (table 1).
 
 An auto-encoder with the KVAE's architecture (deterministic for AE-RNN, a
 VAE with a standard normal prior for VAE-RNN) is trained on single frames;
@@ -12,9 +13,12 @@ frames.
 
 from typing import Optional
 
+import pyro
+import pyro.distributions as dist
 import torch
+from pyro.nn import PyroModule
 from torch import nn
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from .nn.vae import frame_distribution
 
@@ -122,3 +126,60 @@ def train_rnn_baseline(
             opt.step()
             rnn_loss = loss.item()
     return ae_loss, rnn_loss
+
+
+class DMM(PyroModule):
+    """
+    Deep Markov model (Krishnan et al. 2017), the paper's table 1 baseline, in the style of
+    Pyro's ``examples/dmm.py``: ``z_t ~ N(mu(z_{t-1}, u_t), sigma(z_{t-1}, u_t))`` with a gated
+    transition, ``x_t ~ Bernoulli(emitter(z_t))``; the guide runs an RNN backwards over the
+    frames and combines its state with ``z_{t-1}``.
+
+    :param int frame_size: ``H == W``.
+    :param int dim_z: latent dimension.
+    :param int dim_u: control dimension (0: none).
+    """
+
+    def __init__(self, frame_size=16, dim_z=3, dim_u=0, hidden=100, rnn_hidden=100):
+        super().__init__()
+        n = frame_size * frame_size
+        self.frame_size, self.dim_z, self.dim_u = frame_size, dim_z, dim_u
+        self.emitter = nn.Sequential(nn.Linear(dim_z, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),
+                                     nn.Linear(hidden, n))  # fmt: skip
+        self.gate = nn.Sequential(nn.Linear(dim_z + dim_u, hidden), nn.ReLU(), nn.Linear(hidden, dim_z), nn.Sigmoid())
+        self.proposed = nn.Sequential(nn.Linear(dim_z + dim_u, hidden), nn.ReLU(), nn.Linear(hidden, dim_z))
+        self.linear = nn.Linear(dim_z + dim_u, dim_z)
+        self.trans_scale = nn.Sequential(nn.ReLU(), nn.Linear(dim_z, dim_z), nn.Softplus())
+        self.rnn = nn.GRU(n, rnn_hidden, batch_first=True)
+        self.combine = nn.Sequential(nn.Linear(dim_z + rnn_hidden, hidden), nn.Tanh())
+        self.q_loc, self.q_scale = nn.Linear(hidden, dim_z), nn.Sequential(nn.Linear(hidden, dim_z), nn.Softplus())
+        self.z0 = nn.Parameter(torch.zeros(dim_z))
+        self.zq0 = nn.Parameter(torch.zeros(dim_z))
+
+    def _transition(self, z, u_t):
+        h = z if u_t is None else torch.cat([z, u_t], -1)
+        g = self.gate(h)
+        proposed = self.proposed(h)
+        loc = (1 - g) * self.linear(h) + g * proposed
+        return loc, self.trans_scale(proposed) + 1e-3
+
+    def model(self, x, u=None, mask=None):
+        """``x (batch, T, H, W)`` binary frames, ``u (batch, T, dim_u)`` controls."""
+        N, T = x.shape[:2]
+        with pyro.plate("sequences", N):
+            z = self.z0.expand(N, -1)
+            for t in pyro.markov(range(T)):
+                loc, scale = self._transition(z, None if u is None else u[:, t])
+                z = pyro.sample(f"z_{t}", dist.Normal(loc, scale).to_event(1))
+                logits = self.emitter(z).unflatten(-1, (self.frame_size, self.frame_size))
+                pyro.sample(f"x_{t}", dist.Bernoulli(logits=logits).to_event(2), obs=x[:, t])
+
+    def guide(self, x, u=None, mask=None):
+        N, T = x.shape[:2]
+        h, _ = self.rnn(x.flatten(-2).flip(1))
+        h = h.flip(1)  # h_t summarises x_{t:T}
+        with pyro.plate("sequences", N):
+            z = self.zq0.expand(N, -1)
+            for t in pyro.markov(range(T)):
+                c = self.combine(torch.cat([z, h[:, t]], -1))
+                z = pyro.sample(f"z_{t}", dist.Normal(self.q_loc(c), self.q_scale(c) + 1e-3).to_event(1))

@@ -19,7 +19,7 @@ from typing import Optional
 import pyro
 import torch
 from pyro.infer import Trace_ELBO
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from .config import KVAEConfig, build_kvae
 

@@ -66,3 +66,11 @@ def test_experiment_runner(tmp_path, capsys):
     for name in ("results.csv", "fig3a.png", "fig3b.png", "fig3c.png", "fig4.png", "fig5.png", "generation.gif"):
         assert os.path.exists(os.path.join(run, name)), name
     assert "outputs in" in capsys.readouterr().out
+
+
+def test_pendulum_table_runner(tmp_path):
+    data = str(tmp_path / "pendulum.npz")
+    save(data, generate("pendulum", (8, 2, 4), seed=0, progress=False))
+    summary = main(["pendulum", "--data", data, "--run-dir", str(tmp_path / "p"), "--epochs", "1"])
+    assert set(summary["test_elbo"]) == {"KVAE (CNN)", "KVAE (MLP)", "DMM"}
+    assert all(v < 0 for v in summary["test_elbo"].values())
