@@ -17,6 +17,7 @@ import pyro
 import pyro.distributions as dist
 import torch
 from pyro.nn import PyroModule
+from pyro.nn.module import to_pyro_module_
 from torch import nn
 from tqdm import tqdm
 
@@ -155,6 +156,7 @@ class DMM(PyroModule):
         self.q_loc, self.q_scale = nn.Linear(hidden, dim_z), nn.Sequential(nn.Linear(hidden, dim_z), nn.Softplus())
         self.z0 = nn.Parameter(torch.zeros(dim_z))
         self.zq0 = nn.Parameter(torch.zeros(dim_z))
+        to_pyro_module_(self)  # every parameter reaches Pyro's param store (SVI with pyro.optim)
 
     def _transition(self, z, u_t):
         h = z if u_t is None else torch.cat([z, u_t], -1)

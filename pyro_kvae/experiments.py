@@ -14,7 +14,11 @@ architecture, then measures the fraction of wrong pixels on unobserved frames:
 for KVAE smoothing, KVAE filtering, VAE-RNN, AE-RNN and blank frames, and
 writes ``results.csv``, ``results.json``, ``fig3a.png``, ``fig3b.png``,
 ``fig3c.png`` (a-space trajectories), ``fig4.png`` (alpha along the encoded
-trajectories), ``fig5.png`` (sequences as one image, colour for time) and GIFs.
+trajectories), ``fig5.png`` (sequences as one image, colour for time),
+``generation.gif`` and ``imputation.gif``.
+
+``python -m pyro_kvae.experiments pendulum`` instead writes table 1: the test
+ELBO of the KVAE (CNN and MLP) and of a deep Markov model on the pendulum.
 """
 
 import argparse
@@ -30,6 +34,7 @@ from .baselines import DMM, RNNBaseline, train_rnn_baseline
 from .config import KVAEConfig, build_kvae
 from .data import VideoDataset
 from .imputation import generate, impute, pixel_error
+from .nn import MLPDynamics
 from .train import Trainer
 
 DROP_PROBS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
@@ -113,12 +118,25 @@ def figures(kvae, x, run_dir):
     a, alpha = out.a.cpu().numpy(), out.alpha.cpu().numpy()
     K = alpha.shape[-1]
     fig, axes = plt.subplots(1, K, figsize=(3.2 * K, 3))
+    grid = None
+    if isinstance(kvae.prior.dynamics, MLPDynamics):  # alpha_t = f(a_{t-1}): draw it over a grid (paper fig. 4)
+        lo, hi = a.reshape(-1, 2).min(0) - 0.5, a.reshape(-1, 2).max(0) + 0.5
+        g0, g1 = np.meshgrid(np.linspace(lo[0], hi[0], 100), np.linspace(lo[1], hi[1], 100))
+        pts = torch.tensor(np.stack([g0, g1], -1), dtype=x.dtype, device=x.device)
+        with torch.no_grad():
+            grid = kvae.prior.dynamics.weights(pts).cpu().numpy()
     for k, ax in enumerate(np.atleast_1d(axes)):
+        if grid is not None:
+            ax.imshow(grid[..., k], origin="lower", extent=(lo[0], hi[0], lo[1], hi[1]), cmap="gray", vmin=0, vmax=1)
+            ax.plot(a[..., 0].ravel(), a[..., 1].ravel(), "r.", ms=2)
+            ax.set_title(f"alpha^({k + 1}) as a function of a_(t-1)", fontsize=8)
+            continue
         sc = ax.scatter(
             a[..., 0].ravel(), a[..., 1].ravel(), c=alpha[..., k].ravel(), cmap="gray_r", vmin=0, vmax=1, s=8
         )
         ax.set_title(f"alpha_t^({k + 1}) at a_t")
-    fig.colorbar(sc, ax=axes)
+    if grid is None:
+        fig.colorbar(sc, ax=axes)
     fig.savefig(os.path.join(run_dir, "fig4.png"), dpi=110)
     plt.close(fig)
     # fig. 5: test sequences and generated ones as single images
@@ -134,6 +152,14 @@ def figures(kvae, x, run_dir):
     fig.savefig(os.path.join(run_dir, "fig5.png"), dpi=110)
     plt.close(fig)
     save_gif(list(long.x), os.path.join(run_dir, "generation.gif"), [f"seq {k}" for k in range(4)], fps=8)
+    mask = random_mask(x[:1].shape[:2], 0.5, torch.Generator().manual_seed(0)).to(x.device)
+    rows = [
+        x[0],
+        x[0] * mask[0, :, None, None],
+        impute(kvae, x[:1], mask, smooth=False).x[0],
+        impute(kvae, x[:1], mask).x[0],
+    ]
+    save_gif(rows, os.path.join(run_dir, "imputation.gif"), ["truth", "observed", "filtered", "smoothed"])
 
 
 def main(argv=None):
@@ -147,6 +173,7 @@ def main(argv=None):
     parser.add_argument("--n-train", type=int, help="training sequences (default: all)")
     parser.add_argument("--n-test", type=int, default=1000)
     parser.add_argument("--filters", type=int, nargs="+", default=[16, 16, 16], help="conv filters (paper: 32 32 32)")
+    parser.add_argument("--dynamics", default="lstm", choices=["lstm", "mlp"], help="alpha network (mlp: fig. 4 grid)")
     parser.add_argument("--cuda", action="store_true")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
@@ -163,7 +190,7 @@ def main(argv=None):
     start = time.perf_counter()
 
     config = KVAEConfig(epochs=args.epochs, conv_filters=tuple(args.filters), seed=args.seed, device=device,
-                        kf_update_epochs=min(10, args.epochs // 4))  # fmt: skip
+                        kf_update_epochs=min(10, args.epochs // 4), dynamics=args.dynamics)  # fmt: skip
     trainer = Trainer(config, run_dir=os.path.join(run_dir, "kvae"))
     trainer.fit(train)
     kvae_time = time.perf_counter() - start

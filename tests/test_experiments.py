@@ -58,12 +58,37 @@ def test_experiment_runner(tmp_path, capsys):
     data = str(tmp_path / "box.npz")
     save(data, generate("box", (24, 4, 12), seed=0, progress=False))
     run = str(tmp_path / "exp")
-    main(["box", "--data", data, "--run-dir", run, "--epochs", "1", "--baseline-epochs", "1", "--n-test", "12"])
+    main(
+        [
+            "box",
+            "--data",
+            data,
+            "--run-dir",
+            run,
+            "--epochs",
+            "1",
+            "--baseline-epochs",
+            "1",
+            "--n-test",
+            "12",
+            "--dynamics",
+            "mlp",
+        ]
+    )
     results = json.load(open(os.path.join(run, "results.json")))
     methods = {r["method"] for r in results["rows"]}
     assert methods == {"KVAE smoothing", "KVAE filtering", "VAE-RNN", "AE-RNN", "blank frames"}
     assert len(results["rows"]) == 5 * (10 + 7)
-    for name in ("results.csv", "fig3a.png", "fig3b.png", "fig3c.png", "fig4.png", "fig5.png", "generation.gif"):
+    for name in (
+        "results.csv",
+        "fig3a.png",
+        "fig3b.png",
+        "fig3c.png",
+        "fig4.png",
+        "fig5.png",
+        "generation.gif",
+        "imputation.gif",
+    ):
         assert os.path.exists(os.path.join(run, name)), name
     assert "outputs in" in capsys.readouterr().out
 

@@ -206,7 +206,13 @@ def test_svi_with_default_autonormal_and_custom_guides():
     for guide in (kvae.guide, AutoNormal(poutine.block(kvae.model, hide=["x"]))):
         pyro.clear_param_store()
         svi = SVI(kvae.model, guide, pyro.optim.Adam({"lr": 1e-3}), Trace_ELBO())
+        before = {k: v.detach().clone() for k, v in kvae.named_parameters()}
         assert torch.isfinite(torch.tensor(svi.step(x)))
+        # SVI with a pyro.optim optimiser updates every parameter of the model (and of the default guide)
+        skip = ("encoder",) if isinstance(guide, AutoNormal) else ()
+        for k, v in kvae.named_parameters():
+            if not k.startswith(skip) and "log_var" not in k:
+                assert not torch.equal(before[k], v), k
 
     def my_guide(x, u=None, mask=None):
         """A user guide: a learned linear read-out of the frames, with a fixed scale."""

@@ -15,6 +15,7 @@ import torch
 from pyro import poutine
 from pyro.distributions.util import is_validation_enabled
 from pyro.nn import PyroModule
+from pyro.nn.module import to_pyro_module_
 
 from ..nn.vae import frame_distribution
 from .guides import SmoothingGuide
@@ -37,6 +38,9 @@ class KVAE(PyroModule):
     def __init__(self, encoder, decoder, prior: KalmanPrior, likelihood="bernoulli", pixel_var=0.1, frame_size=32):
         super().__init__()
         self.encoder, self.decoder, self.prior = encoder, decoder, prior
+        # plain torch submodules (nn.Sequential, nn.LSTM, ...) become PyroModules in place, so
+        # that every parameter reaches Pyro's param store and SVI with a pyro.optim optimiser
+        to_pyro_module_(self)
         frame_distribution(torch.zeros(1), likelihood)  # validates the name
         self.likelihood, self.pixel_var, self.frame_size = likelihood, pixel_var, frame_size
         self.scale_reconstruction = 1.0
