@@ -1,0 +1,148 @@
+# SPDX-License-Identifier: Apache-2.0
+"""
+Generating, saving and loading the video datasets.
+
+A dataset file is an ``.npz`` with, for each split ``s`` in ``train``, ``valid``,
+``test``: ``s/x`` binary frames ``(N, T, H, W)`` uint8, ``s/u`` controls
+``(N, T, dim_u)`` float32 (``dim_u = 0`` without controls) and the true states
+``s/position``, ``s/velocity`` ``(N, T, 2)`` (pendulum also ``s/angle``,
+``s/angular_velocity`` ``(N, T)``), float32; plus ``config``, a JSON string
+with the environment name, its settings, the seed and the split sizes.
+"""
+
+import dataclasses
+import json
+import os
+import tempfile
+from typing import Dict, Optional, Sequence
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from .environments import DEFAULT_SPLITS, ENVIRONMENTS
+
+SPLITS = ("train", "valid", "test")
+
+
+def make_environment(name: str, **settings):
+    """The environment called ``name`` (one of :data:`ENVIRONMENTS`) with ``settings`` overriding its defaults."""
+    if name not in ENVIRONMENTS:
+        raise ValueError(f"env must be one of {sorted(ENVIRONMENTS)}, got {name!r}")
+    return ENVIRONMENTS[name](**settings)
+
+
+def simulate(env, n: int, seed: int, stream: int = 0, progress: bool = False, desc: str = "") -> Dict[str, np.ndarray]:
+    """
+    Simulates and renders ``n`` sequences of ``env``.
+
+    Sequence ``i`` draws from its own generator ``np.random.default_rng([seed, stream, i])``,
+    so it does not depend on ``n`` or on the order of generation.
+
+    :returns: dict with ``x (n, T, H, W)`` uint8 and the state arrays ``(n, T, ...)``.
+    """
+    runs = [env.simulate(np.random.default_rng([seed, stream, i])) for i in tqdm(range(n), desc=desc, disable=not progress)]
+    states = {k: np.stack([r[k] for r in runs]).astype(np.float32) for k in runs[0]} if runs else {}
+    x = env.render({k: v.astype(np.float64) for k, v in states.items()}) if runs else np.zeros((0,), np.uint8)
+    return {"x": x, **states}
+
+
+def generate(
+    name: str,
+    sizes: Optional[Sequence[int]] = None,
+    seed: int = 0,
+    progress: bool = True,
+    **settings,
+) -> Dict[str, np.ndarray]:
+    """
+    Generates the train/valid/test splits of environment ``name``.
+
+    :param sizes: ``(n_train, n_valid, n_test)``; default :data:`DEFAULT_SPLITS` (the paper's).
+    :param int seed: base seed; split ``k`` is stream ``k`` of :func:`simulate`.
+    :returns: flat dict of arrays keyed ``"{split}/{field}"`` plus ``"config"``.
+    """
+    env = make_environment(name, **settings)
+    sizes = tuple(DEFAULT_SPLITS[name] if sizes is None else sizes)
+    if len(sizes) != 3 or any(int(n) < 0 for n in sizes):
+        raise ValueError(f"sizes must be (n_train, n_valid, n_test) of non-negative ints, got {sizes}")
+    out = {}
+    for k, (split, n) in enumerate(zip(SPLITS, sizes)):
+        data = simulate(env, int(n), seed, stream=k, progress=progress, desc=f"{name} {split}")
+        out.update({f"{split}/{key}": value for key, value in data.items()})
+    config = {"env": name, "settings": dataclasses.asdict(env), "seed": seed, "sizes": list(sizes)}
+    out["config"] = np.array(json.dumps(config))
+    return out
+
+
+def save(path: str, data: Dict[str, np.ndarray]) -> None:
+    """Writes ``data`` to ``path`` (.npz, compressed) atomically: a reader never sees a partial file."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, suffix=".npz.tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez_compressed(f, **data)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def load(path: str) -> Dict[str, np.ndarray]:
+    """Reads a dataset file written by :func:`save` into memory."""
+    with np.load(path) as f:
+        return {k: f[k] for k in f.files}
+
+
+class VideoDataset(torch.utils.data.Dataset):
+    """
+    One split of a generated dataset, held in memory as tensors.
+
+    If ``path`` does not exist it is generated with ``generate(env, sizes, seed)``
+    and cached there, so the first use pays the simulation once.
+
+    Items are dicts with ``x (T, H, W)`` float32 in {0, 1}, ``u (T, dim_u)``
+    float32, and the true states (``position (T, 2)`` ...), so a
+    :class:`torch.utils.data.DataLoader` yields ``x (batch, T, H, W)``.
+
+    :param str path: the ``.npz`` file.
+    :param str split: ``"train"``, ``"valid"`` or ``"test"``.
+    :param str env: environment to generate if ``path`` is missing (default: from the file name).
+    """
+
+    def __init__(self, path: str, split: str = "train", env: Optional[str] = None, sizes=None, seed: int = 0):
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        if not os.path.exists(path):
+            name = env or os.path.splitext(os.path.basename(path))[0]
+            save(path, generate(name, sizes, seed=seed))
+        data = load(path)
+        self.config = json.loads(str(data["config"]))
+        prefix = split + "/"
+        self.tensors = {
+            k[len(prefix) :]: torch.from_numpy(v.astype(np.float32)) for k, v in data.items() if k.startswith(prefix)
+        }
+        self.split = split
+
+    def take(self, n: int) -> "VideoDataset":
+        """The first ``n`` sequences as a new dataset (sharing memory)."""
+        new = object.__new__(VideoDataset)
+        new.config, new.split = self.config, self.split
+        new.tensors = {k: v[:n] for k, v in self.tensors.items()}
+        return new
+
+    @property
+    def x(self) -> torch.Tensor:
+        """All frames ``(N, T, H, W)``."""
+        return self.tensors["x"]
+
+    @property
+    def u(self) -> torch.Tensor:
+        """All controls ``(N, T, dim_u)``."""
+        return self.tensors["u"]
+
+    def __len__(self) -> int:
+        return self.tensors["x"].shape[0]
+
+    def __getitem__(self, i):
+        return {k: v[i] for k, v in self.tensors.items()}
