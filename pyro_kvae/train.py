@@ -130,9 +130,7 @@ class Trainer:
 
     def fit(self, train, valid=None, epochs: Optional[int] = None):
         """Trains up to ``epochs`` (default ``config.epochs``) in total, checkpointing after each epoch."""
-        if epochs is not None:  # a new target, e.g. when a resumed run is extended
-            self.config.epochs = epochs
-        epochs = self.config.epochs
+        epochs = self.config.epochs if epochs is None else epochs  # a resumed run can be extended
         bar = tqdm(
             range(self.epoch, epochs), desc="training", disable=not self.progress, initial=self.epoch, total=epochs
         )
