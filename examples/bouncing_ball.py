@@ -27,7 +27,7 @@ from pyro_kvae.config import KVAEConfig
 from pyro_kvae.data import VideoDataset
 from pyro_kvae.imputation import generate, impute, pixel_error
 from pyro_kvae.plotting import plot_imputation, plot_training, plot_trajectories, save_gif
-from pyro_kvae.train import CHECKPOINT, Trainer
+from pyro_kvae.train import CHECKPOINT, Trainer, random_mask
 
 QUICK = dict(epochs=10, conv_filters=(16, 16, 16), kf_update_epochs=3)
 
@@ -73,9 +73,7 @@ def evaluate(trainer, test, args):
     model, device = trainer.model, trainer.device
     x = test.x.to(device)
     u = test.u.to(device) if test.u.size(-1) else None
-    g = torch.Generator().manual_seed(args.seed + 1)
-    mask = (torch.rand(x.shape[:2], generator=g) >= args.drop_prob).to(device)
-    mask[:, :4] = True
+    mask = random_mask(x.shape[:2], args.drop_prob, 4, torch.Generator().manual_seed(args.seed + 1), device)
     smoothed = impute(model, x, mask, u, smooth=True)
     filtered = impute(model, x, mask, u, smooth=False)
     metrics = {

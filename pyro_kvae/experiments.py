@@ -7,8 +7,9 @@ The paper's imputation experiments (section 5.1, figure 3) and their figures.
 Trains the KVAE and the AE-RNN and VAE-RNN baselines on the same data and
 architecture, then measures the fraction of wrong pixels on unobserved frames:
 
-* missing at random: the first 4 frames observed, each later frame dropped
-  with probability p = 0.1 ... 1.0 (fig. 3a; p = 1 is pure generation);
+* missing at random (:func:`pyro_kvae.train.random_mask`): the first 4 frames
+  observed, each later frame dropped with probability p = 0.1 ... 1.0
+  (fig. 3a; p = 1 is pure generation);
 * missing in the middle: a consecutive gap of growing length (fig. 3b);
 
 for KVAE smoothing, KVAE filtering, VAE-RNN, AE-RNN and blank frames, and
@@ -35,18 +36,11 @@ from .config import KVAEConfig, build_kvae
 from .data import VideoDataset
 from .imputation import generate, impute, pixel_error
 from .nn import MLPDynamics
-from .train import Trainer
+from .train import Trainer, random_mask
 
 DROP_PROBS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 GAPS = (2, 4, 6, 8, 10, 12, 14)
 T_INIT = 4
-
-
-def random_mask(shape, p, generator, t_init=T_INIT):
-    """Missing at random: the first ``t_init`` frames observed, later ones dropped with probability ``p``."""
-    mask = torch.rand(shape, generator=generator) >= p
-    mask[:, :t_init] = True
-    return mask
 
 
 def gap_mask(shape, gap):
@@ -63,7 +57,7 @@ def imputation_table(methods, x, seed=0, probs=DROP_PROBS, gaps=GAPS):
     ``name -> fn(x, mask) -> frames`` on both mask families (same masks for all methods).
     """
     g = torch.Generator().manual_seed(seed)
-    settings = [("missing_at_random", p, random_mask(x.shape[:2], p, g)) for p in probs]
+    settings = [("missing_at_random", p, random_mask(x.shape[:2], p, T_INIT, g)) for p in probs]
     settings += [("missing_in_middle", k, gap_mask(x.shape[:2], k)) for k in gaps if k < x.shape[1]]
     rows = []
     for experiment, setting, mask in settings:
@@ -152,7 +146,7 @@ def figures(kvae, x, run_dir):
     fig.savefig(os.path.join(run_dir, "fig5.png"), dpi=110)
     plt.close(fig)
     save_gif(list(long.x), os.path.join(run_dir, "generation.gif"), [f"seq {k}" for k in range(4)], fps=8)
-    mask = random_mask(x[:1].shape[:2], 0.5, torch.Generator().manual_seed(0)).to(x.device)
+    mask = random_mask(x[:1].shape[:2], 0.5, T_INIT, torch.Generator().manual_seed(0), x.device)
     rows = [
         x[0],
         x[0] * mask[0, :, None, None],

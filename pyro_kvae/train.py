@@ -41,7 +41,8 @@ def atomic_save(obj, path: str) -> None:
 
 
 def random_mask(shape, miss_prob: float, t_init: int, generator=None, device=None) -> torch.Tensor:
-    """Bool mask ``shape = (batch, T)``: each frame after the first ``t_init`` is dropped with ``miss_prob``."""
+    """Bool mask of ``shape = (batch, T)``, True where observed: the first ``t_init`` frames are
+    observed, each later one is dropped with probability ``miss_prob`` (missing at random)."""
     mask = torch.rand(shape, generator=generator).to(device) >= miss_prob
     mask[:, :t_init] = True
     return mask

@@ -8,15 +8,16 @@ import torch
 
 from pyro_kvae.baselines import RNNBaseline, train_rnn_baseline
 from pyro_kvae.data import generate, save
-from pyro_kvae.experiments import gap_mask, imputation_table, main, random_mask
+from pyro_kvae.experiments import gap_mask, imputation_table, main
 from pyro_kvae.nn import MLPDecoder, MLPEncoder
+from pyro_kvae.train import random_mask
 
 
 def test_masks():
     g = torch.Generator().manual_seed(0)
-    m = random_mask((500, 20), 0.5, g)
+    m = random_mask((500, 20), 0.5, 4, g)
     assert m[:, :4].all() and abs((~m[:, 4:]).float().mean().item() - 0.5) < 0.02
-    assert random_mask((3, 20), 1.0, g)[:, 4:].sum() == 0
+    assert random_mask((3, 20), 1.0, 4, g)[:, 4:].sum() == 0
     m = gap_mask((2, 20), 6)
     assert m.sum(1).tolist() == [14, 14] and not m[:, 7:13].any()
 

@@ -14,12 +14,18 @@ from .environments import ENVIRONMENTS
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m pyro_kvae.data", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m pyro_kvae.data", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("env", choices=sorted(ENVIRONMENTS))
     parser.add_argument("--out", help="output .npz (default: data/<env>.npz)")
-    parser.add_argument("--sizes", type=int, nargs=3, metavar=("TRAIN", "VALID", "TEST"),
-                        help="sequences per split (default: the paper's)")
+    parser.add_argument(
+        "--sizes",
+        type=int,
+        nargs=3,
+        metavar=("TRAIN", "VALID", "TEST"),
+        help="sequences per split (default: the paper's)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--T", type=int, help="sequence length (default: the environment's)")
     args = parser.parse_args(argv)

@@ -41,7 +41,9 @@ def simulate(env, n: int, seed: int, stream: int = 0, progress: bool = False, de
 
     :returns: dict with ``x (n, T, H, W)`` uint8 and the state arrays ``(n, T, ...)``.
     """
-    runs = [env.simulate(np.random.default_rng([seed, stream, i])) for i in tqdm(range(n), desc=desc, disable=not progress)]
+    runs = [
+        env.simulate(np.random.default_rng([seed, stream, i])) for i in tqdm(range(n), desc=desc, disable=not progress)
+    ]
     states = {k: np.stack([r[k] for r in runs]).astype(np.float32) for k in runs[0]} if runs else {}
     x = env.render({k: v.astype(np.float64) for k, v in states.items()}) if runs else np.zeros((0,), np.uint8)
     return {"x": x, **states}

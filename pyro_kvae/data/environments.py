@@ -235,7 +235,9 @@ class PendulumEnvironment:
             angle[t], angvel[t] = theta, omega
         scale = (self.size / 2 - self.bob_radius - 0.5) / self.length  # pixels per metre
         centre = self.size / 2
-        position = np.stack([centre + scale * self.length * np.sin(angle), centre - scale * self.length * np.cos(angle)], -1)
+        position = np.stack(
+            [centre + scale * self.length * np.sin(angle), centre - scale * self.length * np.cos(angle)], -1
+        )
         velocity = scale * self.length * angvel[:, None] * np.stack([np.cos(angle), np.sin(angle)], -1)
         return {"position": position, "velocity": velocity, "u": u, "angle": angle, "angular_velocity": angvel}
 
