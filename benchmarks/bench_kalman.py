@@ -13,9 +13,9 @@ Inputs are float32 throughout. Run by hand:
 import argparse
 import time
 
-import pyro.distributions as dist
 import torch
 
+from pyro_kvae.distributions import LinearGaussianSSM
 from pyro_kvae.ops.kalman import backward_conditional, kalman_filter, kalman_smoother
 from pyro_kvae.ops.lgssm import lgssm_log_prob, lgssm_posterior_rsample
 
@@ -38,17 +38,8 @@ def problem(batch, T, dz, da, device):
 
 
 def gaussian_hmm(A, C, Q, R, mu0, Sigma0):
-    """The exact GaussianHMM for the LGSSM (see tests/test_lgssm.py)."""
-    dz, batch_T = A.shape[-1], A.shape[:-2]
-    M = A.mT.clone()
-    M[..., 0, :, :] = 0
-    loc = torch.zeros(batch_T + (dz,), device=A.device)
-    loc[..., 0, :] = mu0
-    cov = Q.expand(batch_T + (dz, dz)).clone()
-    cov[..., 0, :, :] = Sigma0
-    init = dist.MultivariateNormal(torch.zeros(dz, device=A.device), torch.eye(dz, device=A.device))
-    obs = dist.MultivariateNormal(torch.zeros(batch_T + C.shape[-2:-1], device=A.device), R)
-    return dist.GaussianHMM(init, M, dist.MultivariateNormal(loc, cov), C.mT, obs)
+    """The exact GaussianHMM for the LGSSM."""
+    return LinearGaussianSSM(mu0, Sigma0, A, Q, C, R).to_gaussian_hmm()
 
 
 def sequential_ffbs(a, p):

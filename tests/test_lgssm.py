@@ -8,6 +8,7 @@ import torch
 from conftest import MASK_KINDS, make_mask
 from lgssm_reference import dense_log_prob, dense_posterior, random_lgssm, textbook_kalman
 
+from pyro_kvae.distributions import LinearGaussianSSM
 from pyro_kvae.ops.lgssm import lgssm_log_prob, lgssm_posterior_rsample, lgssm_prior_rsample
 
 KEYS = ("A", "C", "Q", "R", "mu0", "Sigma0", "b")
@@ -182,30 +183,21 @@ def paper_problem(T, batch=4, dtype=torch.float32, seed=0):
 
 
 def gaussian_hmm(A, C, Q, R, mu0, Sigma0, b=None):
-    """The exact GaussianHMM for our LGSSM (transition slot 0 produces z_1 from a dummy z_0)."""
-    import pyro.distributions as dist
-
-    dz = A.shape[-1]
-    M = A.mT.clone()
-    M[..., 0, :, :] = 0
-    batch_T = A.shape[:-2]
-    loc = torch.zeros(batch_T + (dz,), dtype=A.dtype) if b is None else b.clone()
-    loc[..., 0, :] = mu0
-    cov = Q.unsqueeze(-3).expand(batch_T + (dz, dz)).clone()
-    cov[..., 0, :, :] = Sigma0
-    init = dist.MultivariateNormal(torch.zeros(dz, dtype=A.dtype), torch.eye(dz, dtype=A.dtype))
-    return dist.GaussianHMM(
-        init,
-        M,
-        dist.MultivariateNormal(loc, cov),
-        C.mT,
-        dist.MultivariateNormal(torch.zeros(batch_T + C.shape[-2:-1], dtype=A.dtype), R.unsqueeze(-3)),
-    )
+    """The exact GaussianHMM for our LGSSM; offsets b enter as B_t = diag(b_t), u_t = 1."""
+    return LinearGaussianSSM(mu0, Sigma0, A, Q, C, R, B=None if b is None else torch.diag_embed(b),
+                             u=None if b is None else torch.ones_like(b)).to_gaussian_hmm()  # fmt: skip
 
 
 def test_equals_gaussian_hmm():
     a, _, p = problem(T=7, kind="none")
     assert torch.allclose(lgssm_log_prob(a, **p), gaussian_hmm(**p).log_prob(a), atol=1e-9, rtol=0)
+
+
+def test_to_gaussian_hmm_needs_no_mask():
+    a, mask, p = problem(T=4)
+    d = LinearGaussianSSM(p["mu0"], p["Sigma0"], p["A"], p["Q"], p["C"], p["R"], mask=mask)
+    with pytest.raises(ValueError, match="needs mask=None"):
+        d.to_gaussian_hmm()
 
 
 def test_float32_long_sequence_accurate_and_beats_gaussian_hmm():

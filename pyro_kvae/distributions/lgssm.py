@@ -1,6 +1,6 @@
 # SPDX-License-Identifier: Apache-2.0
 import torch
-from pyro.distributions import MultivariateNormal, TorchDistribution, constraints
+from pyro.distributions import GaussianHMM, MultivariateNormal, TorchDistribution, constraints
 
 from ..ops.checks import check_lgssm_shapes
 from ..ops.kalman import kalman_filter, rts_smoother
@@ -147,6 +147,34 @@ class LinearGaussianSSM(TorchDistribution):
         RTS-smoothed marginals ``p(z_t | a_obs)``; shapes as :meth:`filter`.
         """
         return self._marginals(value, smooth=True)
+
+    def to_gaussian_hmm(self) -> GaussianHMM:
+        """
+        The same distribution as a :class:`pyro.distributions.GaussianHMM` (no mask).
+
+        ``GaussianHMM`` starts from a state ``z_0`` before its first transition and
+        uses row-vector matrices; the exact mapping makes transition 0 ignore
+        ``z_0`` (matrix 0, noise ``N(mu0, Sigma0)``), so that it produces ``z_1``,
+        and passes ``A^T``, ``C^T``.
+        """
+        if self.mask is not None:
+            raise ValueError("GaussianHMM cannot skip single time steps: to_gaussian_hmm() needs mask=None")
+        batch, T, dz, da = self.batch_shape, self.duration, self.dim_z, self.dim_a
+        M = self.A.expand(batch + (T, dz, dz)).mT.clone()
+        M[..., 0, :, :] = 0
+        loc = self.A.new_zeros(batch + (T, dz)) if self.b is None else self.b.expand(batch + (T, dz)).clone()
+        loc[..., 0, :] = self.mu0
+        cov = self.Q.unsqueeze(-3).expand(batch + (T, dz, dz)).clone()
+        cov[..., 0, :, :] = self.Sigma0
+        eye = torch.eye(dz, dtype=self.A.dtype, device=self.A.device)
+        return GaussianHMM(
+            MultivariateNormal(torch.zeros_like(eye[0]), eye),
+            M,
+            MultivariateNormal(loc, cov),
+            self.C.expand(batch + (T, da, dz)).mT,
+            MultivariateNormal(self.A.new_zeros(batch + (T, da)), self.R.unsqueeze(-3)),
+            duration=T,
+        )
 
     def rsample_posterior(self, value, sample_shape=torch.Size(), noise=None):
         """
