@@ -127,3 +127,31 @@ def textbook_kalman(a, mask, A, C, Q, R, mu0, Sigma0, b):
         sP.insert(0, fP[t] + J @ (sP[0] - pP[t + 1]) @ J.T)
     st = torch.stack
     return ll, st(pm), st(pP), st(fm), st(fP), st(sm), st(sP)
+
+
+def exact_log_prob(a, A, C, Q, R, mu0, Sigma0, digits=50):
+    """log p(a) for one fully observed sequence by a textbook Kalman filter in ``digits``-digit
+    arithmetic (mpmath): the reference for ill-conditioned problems, where even float64
+    loses digits. Inputs are converted exactly from their float values."""
+    import mpmath
+
+    mp = mpmath.mp.clone() if hasattr(mpmath.mp, "clone") else mpmath.mp
+    mp.dps = digits
+
+    def M(x):
+        return mp.matrix(x.double().tolist()) if x.dim() else mp.mpf(float(x))
+
+    m, P, Qm, Rm = M(mu0.unsqueeze(-1)), M(Sigma0), M(Q), M(R)
+    ll = mp.mpf(0)
+    for t in range(a.shape[0]):
+        if t > 0:
+            At = M(A[t])
+            m, P = At * m, At * P * At.T + Qm
+        Ct = M(C[t])
+        S = Ct * P * Ct.T + Rm
+        r = M(a[t].unsqueeze(-1)) - Ct * m
+        Si = S**-1
+        ll += -(r.T * Si * r)[0] / 2 - mp.log(mp.det(S)) / 2 - a.shape[1] * mp.log(2 * mp.pi) / 2
+        K = P * Ct.T * Si
+        m, P = m + K * r, P - K * S * K.T
+    return float(ll)

@@ -5,6 +5,7 @@ from pyro.distributions import GaussianHMM, MultivariateNormal, TorchDistributio
 from ..ops.checks import check_lgssm_shapes
 from ..ops.kalman import kalman_filter, rts_smoother
 from ..ops.lgssm import lgssm_log_prob, lgssm_posterior_rsample, lgssm_prior_rsample
+from ..ops.sqrt_kalman import sqrt_kalman_filter, sqrt_posterior_rsample, sqrt_rts_smoother
 
 
 class LinearGaussianSSM(TorchDistribution):
@@ -41,6 +42,13 @@ class LinearGaussianSSM(TorchDistribution):
     :param int duration: ``T`` when every time-varying argument has a time dim of 1.
     :param torch.dtype compute_dtype: dtype inference runs in (default float64,
         results are cast back); ``None`` computes in the parameters' dtype.
+        In float64, :meth:`log_prob` and :meth:`rsample_posterior` use the parallel
+        scan (log-depth in ``T``); in any other dtype they use the sequential
+        square-root filter of :mod:`pyro_kvae.ops.sqrt_kalman`, since the parallel
+        scan's information form loses all accuracy in float32 on ill-conditioned
+        problems (tiny ``Q`` or ``R``, huge ``Sigma0``, unstable ``A``). :meth:`filter`
+        and :meth:`smooth` use the covariance-form filter in float64 and the
+        square-root one otherwise (or if a float64 covariance is not positive definite).
     """
 
     arg_constraints = {}
@@ -103,12 +111,23 @@ class LinearGaussianSSM(TorchDistribution):
         if value.shape[-2:] != self.event_shape:
             raise ValueError(f"value must have shape (..., {self.duration}, {self.dim_a}), got {tuple(value.shape)}")
 
+    def _dtype(self):
+        return self.A.dtype if self.compute_dtype is None else self.compute_dtype
+
+    def _sqrt_filter(self, value):
+        """Square-root filter in the compute dtype: ``(SqrtFilterResult, A, Q)`` in that dtype."""
+        dtype = self._dtype()
+        p = {k: v if v is None or k == "mask" else v.to(dtype) for k, v in self._params().items()}
+        return sqrt_kalman_filter(value.to(dtype), **p), p["A"], p["Q"]
+
     def log_prob(self, value):
         """
         :param torch.Tensor value: ``sample_shape + (batch, T, dim_a)``.
         :returns: ``log p(value_obs)``, shape ``sample_shape + batch_shape``.
         """
         self._check_value(value)
+        if self._dtype() != torch.float64:
+            return self._sqrt_filter(value)[0].log_prob.to(value.dtype)
         return lgssm_log_prob(value, compute_dtype=self.compute_dtype, **self._params())
 
     def rsample(self, sample_shape=torch.Size()):
@@ -122,15 +141,27 @@ class LinearGaussianSSM(TorchDistribution):
 
     def _marginals(self, value, smooth):
         self._check_value(value)
-        p = self._params()
-        dtype = value.dtype if self.compute_dtype is None else self.compute_dtype
-        p = {k: v if v is None or k == "mask" else v.to(dtype) for k, v in p.items()}
-        filtered = kalman_filter(value.to(dtype), **p)
-        if smooth:
-            mean, cov = rts_smoother(filtered, p["A"])
-        else:
-            mean, cov = filtered.filt_mean, filtered.filt_cov
-        return MultivariateNormal(mean.to(value.dtype), covariance_matrix=cov.to(value.dtype))
+        scale_tril = None
+        if self._dtype() == torch.float64:  # covariance form: about 2x faster than the square-root one
+            p = {k: v if v is None or k == "mask" else v.to(torch.float64) for k, v in self._params().items()}
+            filtered = kalman_filter(value.to(torch.float64), **p)
+            if smooth:
+                mean, cov = rts_smoother(filtered, p["A"])
+            else:
+                mean, cov = filtered.filt_mean, filtered.filt_cov
+            L, info = torch.linalg.cholesky_ex(cov)
+            if not (info != 0).any():
+                scale_tril = L
+        if scale_tril is None:
+            filtered, A, Q = self._sqrt_filter(value)
+            if smooth:
+                smoothed = sqrt_rts_smoother(filtered, A, Q)
+                mean, scale_tril = smoothed.mean, smoothed.scale_tril
+            else:
+                mean, scale_tril = filtered.filt_mean, filtered.filt_scale_tril
+        # a Cholesky factor stays a valid scale_tril when cast to float32, where a covariance
+        # with eigenvalues 1e-8 and 1e6 would not pass as positive definite
+        return MultivariateNormal(mean.to(value.dtype), scale_tril=scale_tril.to(value.dtype))
 
     def filter(self, value):
         """
@@ -178,7 +209,8 @@ class LinearGaussianSSM(TorchDistribution):
 
     def rsample_posterior(self, value, sample_shape=torch.Size(), noise=None):
         """
-        Joint reparameterised sample ``z_{1:T} ~ p(z | a_obs)`` (parallel-scan FFBS).
+        Joint reparameterised sample ``z_{1:T} ~ p(z | a_obs)``: parallel-scan FFBS in
+        float64, sequential square-root FFBS in other dtypes.
 
         :param torch.Tensor value: ``(batch, T, dim_a)``.
         :param torch.Tensor noise: optional standard normal ``sample_shape + (batch, T, dim_z)``;
@@ -186,6 +218,15 @@ class LinearGaussianSSM(TorchDistribution):
         :returns: ``sample_shape + (batch, T, dim_z)``.
         """
         self._check_value(value)
-        return lgssm_posterior_rsample(
-            value, sample_shape=sample_shape, noise=noise, compute_dtype=self.compute_dtype, **self._params()
-        )
+        if self._dtype() == torch.float64:
+            return lgssm_posterior_rsample(
+                value, sample_shape=sample_shape, noise=noise, compute_dtype=self.compute_dtype, **self._params()
+            )
+        filtered, A, Q = self._sqrt_filter(value)
+        shape = torch.Size(sample_shape) + filtered.filt_mean.shape
+        if noise is None:
+            noise = torch.randn(shape, dtype=filtered.filt_mean.dtype, device=filtered.filt_mean.device)
+        elif noise.shape != shape:
+            raise ValueError(f"noise must have shape {tuple(shape)}, got {tuple(noise.shape)}")
+        z = sqrt_posterior_rsample(filtered, sqrt_rts_smoother(filtered, A, Q), noise.to(filtered.filt_mean.dtype))
+        return z.to(value.dtype)
