@@ -19,7 +19,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: setup
-	$(BIN)/python examples/bouncing_ball.py
+	$(BIN)/python examples/bouncing_ball.py --resume
 
 test: setup
 	$(BIN)/python -m pytest -q

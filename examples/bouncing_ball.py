@@ -8,7 +8,8 @@ figures and GIFs to the run directory.
 
     python examples/bouncing_ball.py                 # quick run on the CPU (minutes)
     python examples/bouncing_ball.py --full --cuda   # the paper's settings on a GPU
-    python examples/bouncing_ball.py --resume        # continue an interrupted run
+    python examples/bouncing_ball.py --resume        # continue an interrupted run (flags that
+                                                     # change the model or data are refused)
 
 The default is a reduced run (2000 training sequences, 10 epochs, 16 conv
 filters); ``--full`` uses 5000 sequences, 80 epochs and the reference network.
@@ -22,50 +23,80 @@ import time
 
 import torch
 
-from pyro_kvae.cli import add_config_args, config_from_args
+from pyro_kvae.cli import add_config_args, config_from_args, explicit_dests, positive_int, probability
 from pyro_kvae.config import KVAEConfig
 from pyro_kvae.data import VideoDataset
+from pyro_kvae.files import write_json
 from pyro_kvae.imputation import generate, impute, pixel_error
 from pyro_kvae.plotting import plot_imputation, plot_training, plot_trajectories, save_gif
 from pyro_kvae.train import CHECKPOINT, Trainer, random_mask
 
 QUICK = dict(epochs=10, conv_filters=(16, 16, 16), kf_update_epochs=3)
+T_OBSERVED = 4  # frames always observed in the imputation evaluation
+META = ("data", "n_train")  # data settings a resumed run keeps
 
 
 def parse_args(argv=None, env="box", doc=__doc__, model=None):
-    """Flags of the example for environment ``env``; ``model`` overrides KVAEConfig defaults (e.g. the pendulum's)."""
-    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    """
+    Flags of the example for environment ``env``; ``model`` overrides KVAEConfig defaults (e.g. the
+    pendulum's). Every value is checked here, before any data is loaded or generated.
+    """
+    parser = argparse.ArgumentParser(
+        description=doc, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False
+    )
     parser.add_argument("--env", default=env, help=argparse.SUPPRESS)
     parser.add_argument("--data", default=f"data/{env}.npz", help="dataset file, generated if missing")
     parser.add_argument("--run-dir", default=f"runs/{'bouncing_ball' if env == 'box' else env}")
     parser.add_argument("--full", action="store_true", help="paper settings instead of the quick run")
-    parser.add_argument("--n-train", type=int, help="training sequences (quick: 2000, full: all)")
-    parser.add_argument("--n-test", type=int, help="test sequences (quick: 200, full: all)")
+    parser.add_argument("--n-train", type=positive_int, help="training sequences (quick: 2000, full: all)")
+    parser.add_argument("--n-test", type=positive_int, help="test sequences (quick: 200, full: all)")
     parser.add_argument("--cuda", action="store_true", help="train on the GPU")
-    parser.add_argument("--resume", action="store_true", help="continue from run-dir/checkpoint.pt")
-    parser.add_argument("--drop-prob", type=float, default=0.5, help="frames dropped at random for imputation")
+    parser.add_argument("--resume", action="store_true", help="continue run-dir/checkpoint.pt if there is one")
+    parser.add_argument("--overwrite", action="store_true", help="start afresh in a run-dir that holds a checkpoint")
+    parser.add_argument(
+        "--drop-prob", type=probability, default=0.5, help="frames dropped at random for imputation, in (0, 1]"
+    )
     add_config_args(parser, KVAEConfig(**(model or {})))
     args = parser.parse_args(argv)
-    if not args.full:  # quick defaults where the user gave no value
-        defaults = KVAEConfig(**(model or {}))
-        for k, v in QUICK.items():
-            if getattr(args, k) == getattr(defaults, k):
-                setattr(args, k, v)
-        args.n_train = args.n_train or 2000
-        args.n_test = args.n_test or 200
+    args.explicit = explicit_dests(parser, argv)
+    if args.resume and args.overwrite:
+        parser.error("--resume and --overwrite exclude each other")
     if args.cuda:
         if not torch.cuda.is_available():
             parser.error("--cuda given but torch.cuda.is_available() is False")
         args.device = "cuda"
+        args.explicit.add("device")
+    if not args.full:  # quick defaults where the user gave no value
+        for k, v in QUICK.items():
+            if k not in args.explicit:
+                setattr(args, k, v)
+        args.n_train = args.n_train or 2000
+        args.n_test = args.n_test or 200
+    args.data = os.path.abspath(args.data)
+    args.config = config_from_args(args, parser)
     return args
 
 
 def make_trainer(args):
+    """A new trainer, or with ``--resume`` the run in ``--run-dir`` with only the flags given changed."""
     if args.resume and os.path.exists(os.path.join(args.run_dir, CHECKPOINT)):
-        trainer = Trainer.resume(args.run_dir, device=args.device)
+        fields = set(args.config.to_dict()) | set(META)
+        changes = {k: getattr(args, k) for k in args.explicit & fields}
+        try:
+            trainer = Trainer.resume(args.run_dir, changes=changes)
+        except ValueError as e:
+            raise SystemExit(f"error: {e}") from None
         print(f"resumed {args.run_dir} at epoch {trainer.epoch}")
+        for k, (old, new) in trainer.resume_changes.items():
+            print(f"  {k}: {old!r} -> {new!r} (changed on resume)")
+        for k in META:  # the run's own data settings, unless given (and then equal)
+            setattr(args, k, trainer.meta.get(k, getattr(args, k)))
         return trainer
-    return Trainer(config_from_args(args), run_dir=args.run_dir)
+    try:
+        return Trainer(args.config, run_dir=args.run_dir, meta={k: getattr(args, k) for k in META},
+                       overwrite=args.overwrite)  # fmt: skip
+    except FileExistsError as e:
+        raise SystemExit(f"error: {e}") from None
 
 
 def evaluate(trainer, test, args):
@@ -73,7 +104,7 @@ def evaluate(trainer, test, args):
     model, device = trainer.model, trainer.device
     x = test.x.to(device)
     u = test.u.to(device) if test.u.size(-1) else None
-    mask = random_mask(x.shape[:2], args.drop_prob, 4, torch.Generator().manual_seed(args.seed + 1), device)
+    mask = random_mask(x.shape[:2], args.drop_prob, T_OBSERVED, torch.Generator().manual_seed(args.seed + 1), device)
     smoothed = impute(model, x, mask, u, smooth=True)
     filtered = impute(model, x, mask, u, smooth=False)
     metrics = {
@@ -121,26 +152,42 @@ def figures(trainer, x, u, mask, filtered, smoothed, run_dir):
     return paths
 
 
-def main(args):
-    torch.manual_seed(args.seed)
-    start = time.perf_counter()
+def load_data(args):
+    """Train / valid / test splits as the flags ask, with the sizes checked against the file."""
     train = VideoDataset(args.data, "train", env=args.env, seed=args.seed)
     valid = VideoDataset(args.data, "valid")
     test = VideoDataset(args.data, "test")
+    for name, n, split in (("n_train", args.n_train, train), ("n_test", args.n_test, test)):
+        if name in args.explicit and n > len(split):  # the quick defaults take at most as many as there are
+            name = "--" + name.replace("_", "-")
+            raise SystemExit(f"error: {name} {n} exceeds the {len(split)} {split.split} sequences in {args.data}")
+    T = train.x.shape[1]
+    if T <= T_OBSERVED:
+        raise SystemExit(
+            f"error: {args.data} holds sequences of T={T} frames; the imputation evaluation observes the first "
+            f"{T_OBSERVED} frames and needs T >= {T_OBSERVED + 1}"
+        )
     if args.n_train:
         train = train.take(args.n_train)
     if args.n_test:
         test = test.take(args.n_test)
-    valid = valid.take(min(len(valid), args.n_test or len(valid)))
-    print(f"data: {len(train)} train, {len(valid)} valid, {len(test)} test sequences from {args.data}")
+    if len(valid):
+        valid = valid.take(args.n_test or len(valid))
+    return train, valid if len(valid) else None, test
 
+
+def main(args):
+    torch.manual_seed(args.seed)
+    start = time.perf_counter()
     trainer = make_trainer(args)
-    trainer.fit(train, valid, epochs=args.epochs)
+    train, valid, test = load_data(args)
+    print(f"data: {len(train)} train, {len(valid or [])} valid, {len(test)} test sequences from {args.data}")
+
+    trainer.fit(train, valid)
     metrics, x, u, mask, filtered, smoothed = evaluate(trainer, test, args)
     metrics["wall_time_s"] = round(time.perf_counter() - start, 1)
     metrics["device"] = str(trainer.device)
-    with open(os.path.join(args.run_dir, "metrics.json"), "w") as f:
-        json.dump(metrics, f, indent=2)
+    write_json(os.path.join(args.run_dir, "metrics.json"), metrics)
     paths = figures(trainer, x, u, mask, filtered, smoothed, args.run_dir)
 
     print(json.dumps(metrics, indent=2))

@@ -6,11 +6,32 @@ and :func:`build_kvae`, which assembles the model from it.
 """
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Tuple
 
+import torch
+
 from .models import KVAE, KalmanPrior
 from .nn import ConvDecoder, ConvEncoder, FixedDynamics, LSTMDynamics, MLPDecoder, MLPDynamics, MLPEncoder
+
+
+class ConfigError(ValueError):
+    """A bad :class:`KVAEConfig` value; ``field`` names the setting (its flag is ``--field-name``)."""
+
+    def __init__(self, field: str, message: str):
+        self.field = field
+        super().__init__(f"{field} {message}")
+
+
+def check_device(device) -> torch.device:
+    """``torch.device(device)``, refusing a CUDA device on a machine without one."""
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(
+            "device", f"is {str(device)!r} but torch.cuda.is_available() is False on this machine; use 'cpu'"
+        )
+    return device
 
 
 @dataclass
@@ -49,6 +70,7 @@ class KVAEConfig:
     device: str = "cpu"
 
     def __post_init__(self):
+        self.conv_filters, self.mlp_hidden = tuple(self.conv_filters), tuple(self.mlp_hidden)
         choices = {
             "likelihood": ("bernoulli", "gaussian"),
             "vae": ("conv", "mlp"),
@@ -56,13 +78,41 @@ class KVAEConfig:
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
-                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
-        for name in ("frame_size", "dim_a", "dim_z", "K", "epochs", "batch_size"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name} must be a positive int, got {getattr(self, name)!r}")
+                raise ConfigError(name, f"must be one of {allowed}, got {getattr(self, name)!r}")
+        for f in dataclasses.fields(self):
+            value, kind = getattr(self, f.name), type(getattr(KVAEConfig, f.name, None))
+            if kind is bool and not isinstance(value, bool):
+                raise ConfigError(f.name, f"must be true or false, got {value!r}")
+            if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
+                raise ConfigError(f.name, f"must be an int, got {value!r}")
+            if kind is float and (isinstance(value, bool) or not isinstance(value, (int, float))):
+                raise ConfigError(f.name, f"must be a number, got {value!r}")
+            if kind is float and not math.isfinite(value):
+                raise ConfigError(f.name, f"must be finite, got {value!r}")
+        at_least = {"frame_size": 1, "dim_a": 1, "dim_z": 1, "dim_u": 0, "K": 1, "dynamics_hidden": 1, "epochs": 1,
+                    "batch_size": 1, "lr_decay_every": 1, "kf_update_epochs": 0, "t_init_train_miss": 0, "seed": 0}  # fmt: skip
+        for name, low in at_least.items():
+            if getattr(self, name) < low:
+                raise ConfigError(name, f"must be at least {low}, got {getattr(self, name)!r}")
+        for name in ("pixel_var", "Q", "R", "Sigma0", "lr", "clip_norm", "scale_reconstruction"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(name, f"must be positive, got {getattr(self, name)!r}")
+        if self.init_std < 0:
+            raise ConfigError("init_std", f"must be non-negative, got {self.init_std!r}")
+        if not 0.0 < self.lr_decay <= 1.0:
+            raise ConfigError("lr_decay", f"must be in (0, 1], got {self.lr_decay!r}")
         if not 0.0 <= self.train_miss_prob < 1.0:
-            raise ValueError(f"train_miss_prob must be in [0, 1), got {self.train_miss_prob}")
-        self.conv_filters, self.mlp_hidden = tuple(self.conv_filters), tuple(self.mlp_hidden)
+            raise ConfigError("train_miss_prob", f"must be in [0, 1), got {self.train_miss_prob!r}")
+        for name in ("conv_filters", "mlp_hidden"):
+            sizes = getattr(self, name)
+            if not sizes or any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in sizes):
+                raise ConfigError(name, f"must be one or more positive ints, got {sizes!r}")
+        try:
+            torch.device(self.device)
+        except (RuntimeError, TypeError):
+            raise ConfigError(
+                "device", f"must be a torch device such as 'cpu' or 'cuda', got {self.device!r}"
+            ) from None
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -9,11 +9,16 @@ after every epoch so that a run can be resumed exactly::
     trainer = Trainer(KVAEConfig(epochs=80), run_dir="runs/box")
     trainer.fit(train_set, valid_set)
     trainer = Trainer.resume("runs/box")   # continues where it stopped
+
+A run directory holds ``config.json``, ``checkpoint.pt`` and ``metrics.jsonl``
+(one row per finished epoch). After each epoch the checkpoint is replaced
+first and the row appended second, and every (re)start rewrites the log from
+the checkpoint's history, so whenever the process is killed the log never
+holds an epoch that the checkpoint does not, nor one twice.
 """
 
-import json
+import math
 import os
-import tempfile
 from typing import Optional
 
 import pyro
@@ -21,23 +26,46 @@ import torch
 from pyro.infer import Trace_ELBO
 from tqdm import tqdm
 
-from .config import KVAEConfig, build_kvae
+from .config import KVAEConfig, build_kvae, check_device
+from .files import append_jsonl, atomic_write, remove_temporaries, unreadable, write_json, write_jsonl
 
 CHECKPOINT = "checkpoint.pt"
+METRICS = "metrics.jsonl"
+#: settings that a resumed run may change (the others must match the checkpoint's)
+RESUMABLE = frozenset({"epochs", "device"})
+_STATE_KEYS = ("config", "epoch", "model", "optimizer", "scheduler", "rng", "history")
 
 
 def atomic_save(obj, path: str) -> None:
     """``torch.save`` to a temporary file in the same folder, then rename: never a partial file."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp")
+    atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def load_checkpoint(path: str) -> dict:
+    """
+    Reads a checkpoint written by :meth:`Trainer.save` (tensors and plain data only, no code).
+
+    :raises FileNotFoundError: if there is none.
+    :raises ValueError: naming the file and the fix if it is damaged or not a checkpoint.
+    """
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no checkpoint to resume from at {path}")
+    fix = (
+        "Checkpoints are replaced whole, so this one was damaged or overwritten after it was written: "
+        "delete it to start the run again, or train into another --run-dir."
+    )
     try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch.load raises many types (UnpicklingError, EOFError, RuntimeError, ...)
+        raise unreadable(path, "pyro-kvae checkpoint", e, fix) from None
+    missing = [k for k in _STATE_KEYS if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise ValueError(f"{path} is not a pyro-kvae checkpoint: it lacks {missing}. {fix}")
+    return state
+
+
+def _plain(value):
+    return list(value) if isinstance(value, (list, tuple)) else value
 
 
 def random_mask(shape, miss_prob: float, t_init: int, generator=None, device=None) -> torch.Tensor:
@@ -57,16 +85,37 @@ def _batch(data, idx, device):
 class Trainer:
     """
     :param KVAEConfig config: model and training settings.
-    :param str run_dir: where checkpoints and ``metrics.jsonl`` go (``None``: nothing written).
+    :param str run_dir: where ``config.json``, checkpoints and ``metrics.jsonl`` go (``None``: nothing written).
     :param model: an already built :class:`~pyro_kvae.models.KVAE` (default: ``build_kvae(config)``).
     :param guide: a guide ``guide(x, u, mask)`` for the ``"a"`` site (default: ``model.guide``).
     :param bool progress: show tqdm progress bars.
+    :param dict meta: run settings outside ``config`` that are stored in the checkpoint and must
+        not change on resume (e.g. the dataset path), JSON values.
+    :param bool overwrite: start afresh in a ``run_dir`` that already holds a checkpoint (else
+        ``FileExistsError``: an existing run is never replaced by accident).
+    :param dict state: a checkpoint's state to start from (what :meth:`resume` passes).
     """
 
-    def __init__(self, config: KVAEConfig, run_dir: Optional[str] = None, model=None, guide=None, progress=True):
+    def __init__(
+        self,
+        config: KVAEConfig,
+        run_dir: Optional[str] = None,
+        model=None,
+        guide=None,
+        progress=True,
+        meta: Optional[dict] = None,
+        overwrite: bool = False,
+        state: Optional[dict] = None,
+    ):
         self.config, self.run_dir, self.progress = config, run_dir, progress
+        self.meta = dict(meta or {})
+        self.device = check_device(config.device)
+        if run_dir is not None and state is None and not overwrite and os.path.exists(self._path(CHECKPOINT)):
+            raise FileExistsError(
+                f"{run_dir} already holds a checkpoint: resume it (Trainer.resume, --resume), "
+                "choose another run directory (--run-dir), or pass overwrite=True to start afresh"
+            )
         pyro.set_rng_seed(config.seed)
-        self.device = torch.device(config.device)
         self.model = (model if model is not None else build_kvae(config)).to(self.device)
         self.guide = guide if guide is not None else self.model.guide
         self.elbo = Trace_ELBO()
@@ -74,10 +123,26 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, config.lr_decay_every, config.lr_decay)
         self.epoch = 0
         self.history = []
+        if state is not None:
+            self.load_state_dict(state)
         if run_dir is not None:
-            os.makedirs(run_dir, exist_ok=True)
-            with open(os.path.join(run_dir, "config.json"), "w") as f:
-                json.dump(config.to_dict(), f, indent=2)
+            self._open_run_dir()
+
+    def _path(self, name: str) -> str:
+        return os.path.join(self.run_dir, name)
+
+    def _open_run_dir(self) -> None:
+        """Writes config.json and a log that agrees with the history, and clears temporaries
+        left by a killed run; fails here, before any training, if the directory is not writable."""
+        try:
+            os.makedirs(self.run_dir, exist_ok=True)
+            remove_temporaries(self.run_dir)
+            write_json(self._path("config.json"), {**self.config.to_dict(), **self.meta})
+            write_jsonl(self._path(METRICS), self.history)
+        except OSError as e:
+            raise OSError(
+                e.errno, f"cannot write to the run directory {self.run_dir} ({e.strerror or e}); choose a writable one"
+            ) from None
 
     def loss(self, x, u=None, mask=None) -> torch.Tensor:
         """Differentiable negative ELBO per sequence of a batch ``x (batch, T, H, W)``."""
@@ -85,6 +150,7 @@ class Trainer:
 
     def train_epoch(self, data) -> float:
         """One pass over ``data`` (a :class:`~pyro_kvae.data.VideoDataset`); returns the mean training loss."""
+        _check_nonempty(data, "the training data")
         c = self.config
         self.model.train()
         self.model.scale_reconstruction = c.scale_reconstruction
@@ -112,7 +178,7 @@ class Trainer:
         self.scheduler.step()
         self.model.scale_reconstruction = 1.0
         self.epoch += 1
-        return total / max(count, 1)
+        return total / count
 
     @torch.no_grad()
     def evaluate(self, data, mask=None, batch_size: int = 256) -> float:
@@ -120,6 +186,7 @@ class Trainer:
         Mean ELBO per sequence on ``data`` with the reconstruction term at full weight
         (one sample of ``a`` per sequence). ``mask (N, T)`` drops frames.
         """
+        _check_nonempty(data, "the evaluation data")
         self.model.eval()
         self.model.scale_reconstruction = 1.0
         total = 0.0
@@ -130,7 +197,14 @@ class Trainer:
         return total / len(data)
 
     def fit(self, train, valid=None, epochs: Optional[int] = None):
-        """Trains up to ``epochs`` (default ``config.epochs``) in total, checkpointing after each epoch."""
+        """
+        Trains up to ``epochs`` (default ``config.epochs``) in total. After each epoch the
+        checkpoint is written, then its row is appended to ``metrics.jsonl``.
+
+        :raises FloatingPointError: if the loss or the validation ELBO is not finite; the
+            last good checkpoint is kept and nothing non-finite is logged.
+        """
+        _check_nonempty(train, "the training data")
         epochs = self.config.epochs if epochs is None else epochs  # a resumed run can be extended
         bar = tqdm(
             range(self.epoch, epochs), desc="training", disable=not self.progress, initial=self.epoch, total=epochs
@@ -143,17 +217,24 @@ class Trainer:
             }
             if valid is not None:
                 record["valid_elbo"] = self.evaluate(valid)
+            bad = {k: v for k, v in record.items() if not math.isfinite(v)}
+            if bad:
+                kept = f"the checkpoint of epoch {self.epoch - 1} in {self.run_dir} is kept; " if self.run_dir else ""
+                raise FloatingPointError(
+                    f"training diverged in epoch {self.epoch}: {bad}; {kept}"
+                    f"try a lower --lr (now {self.config.lr}) or --clip-norm (now {self.config.clip_norm})"
+                )
             self.history.append(record)
             bar.set_postfix({k: f"{v:.2f}" for k, v in record.items() if k != "epoch" and k != "lr"})
             if self.run_dir is not None:
-                with open(os.path.join(self.run_dir, "metrics.jsonl"), "a") as f:
-                    f.write(json.dumps(record) + "\n")
-                self.save(os.path.join(self.run_dir, CHECKPOINT))
+                self.save(self._path(CHECKPOINT))
+                append_jsonl(self._path(METRICS), record)
         return self.history
 
     def state_dict(self) -> dict:
         return {
             "config": self.config.to_dict(),
+            "meta": self.meta,
             "epoch": self.epoch,
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -177,15 +258,38 @@ class Trainer:
             torch.cuda.set_rng_state_all(state["cuda_rng"])
 
     @classmethod
-    def resume(cls, run_dir: str, device: Optional[str] = None, **kwargs) -> "Trainer":
-        """A trainer restored from ``run_dir/checkpoint.pt`` (optionally on another ``device``)."""
-        path = os.path.join(run_dir, CHECKPOINT)
-        if not os.path.exists(path):
-            raise FileNotFoundError(f"no checkpoint to resume from at {path}")
-        state = torch.load(path, map_location="cpu", weights_only=False)
-        config = KVAEConfig.from_dict(state["config"])
+    def resume(cls, run_dir: str, device: Optional[str] = None, changes: Optional[dict] = None, **kwargs) -> "Trainer":
+        """
+        A trainer restored from ``run_dir/checkpoint.pt``.
+
+        :param str device: move the run to another device (same as ``changes={"device": ...}``).
+        :param dict changes: settings the user asked for (config fields or ``meta`` keys). Those in
+            :data:`RESUMABLE` are applied and listed in ``trainer.resume_changes``; any other that
+            differs from the checkpoint's raises ``ValueError`` listing every difference.
+        """
+        state = load_checkpoint(os.path.join(run_dir, CHECKPOINT))
+        changes = dict(changes or {})
         if device is not None:
-            config.device = device
-        trainer = cls(config, run_dir=run_dir, **kwargs)
-        trainer.load_state_dict(state)
+            changes["device"] = device
+        saved = {**state["config"], **state.get("meta", {})}
+        diffs = {k: (saved.get(k), v) for k, v in changes.items() if _plain(saved.get(k)) != _plain(v)}
+        refused = {k: d for k, d in diffs.items() if k not in RESUMABLE}
+        if refused:
+            lines = "; ".join(f"{k}: the run has {old!r}, asked for {new!r}" for k, (old, new) in refused.items())
+            raise ValueError(
+                f"cannot resume {run_dir} with different settings ({lines}). Leave these out to continue "
+                f"the run as it was, or start a new run in another run directory. Only {sorted(RESUMABLE)} may change."
+            )
+        new = {k: value for k, (_, value) in diffs.items()}
+        config = KVAEConfig.from_dict({**state["config"], **{k: v for k, v in new.items() if k in state["config"]}})
+        meta = {**state.get("meta", {}), **{k: v for k, v in new.items() if k not in state["config"]}}
+        trainer = cls(config, run_dir=run_dir, meta=meta, state=state, **kwargs)
+        trainer.resume_changes = diffs
         return trainer
+
+
+def _check_nonempty(data, what: str) -> None:
+    if len(data) == 0:
+        where = getattr(data, "path", None)
+        split = getattr(data, "split", "")
+        raise ValueError(f"{what} holds no sequences ({split!r} split of {where})" if where else f"{what} is empty")

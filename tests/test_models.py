@@ -233,7 +233,7 @@ def test_bad_inputs():
         kvae.model(x[..., :3])
     with pytest.raises(ValueError, match=r"x must have shape \(batch, T, 4, 4\)"):
         kvae.guide(x[0])
-    with pytest.raises(ValueError, match=r"x must lie in \[0, 1\]"):
+    with pytest.raises(ValueError, match=r"x must be binary \(0 or 1\) for the Bernoulli likelihood, found 2"):
         kvae.model(2 * x)
     with pytest.raises(ValueError, match=r"mask must be a bool tensor of shape \(3, 5\)"):
         kvae.model(x, mask=torch.ones(3, 4, dtype=torch.bool))

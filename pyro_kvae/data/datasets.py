@@ -13,13 +13,14 @@ with the environment name, its settings, the seed and the split sizes.
 import dataclasses
 import json
 import os
-import tempfile
+import zipfile
 from typing import Dict, Optional, Sequence
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
+from ..files import atomic_write, unreadable
 from .environments import DEFAULT_SPLITS, ENVIRONMENTS
 
 SPLITS = ("train", "valid", "test")
@@ -45,7 +46,11 @@ def simulate(env, n: int, seed: int, stream: int = 0, progress: bool = False, de
         env.simulate(np.random.default_rng([seed, stream, i])) for i in tqdm(range(n), desc=desc, disable=not progress)
     ]
     states = {k: np.stack([r[k] for r in runs]).astype(np.float32) for k in runs[0]} if runs else {}
-    x = env.render({k: v.astype(np.float64) for k, v in states.items()}) if runs else np.zeros((0,), np.uint8)
+    x = (
+        env.render({k: v.astype(np.float64) for k, v in states.items()})
+        if runs
+        else np.zeros((0, env.T, env.size, env.size), np.uint8)
+    )
     return {"x": x, **states}
 
 
@@ -78,22 +83,31 @@ def generate(
 
 def save(path: str, data: Dict[str, np.ndarray]) -> None:
     """Writes ``data`` to ``path`` (.npz, compressed) atomically: a reader never sees a partial file."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, suffix=".npz.tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez_compressed(f, **data)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    atomic_write(path, lambda f: np.savez_compressed(f, **data))
 
 
 def load(path: str) -> Dict[str, np.ndarray]:
-    """Reads a dataset file written by :func:`save` into memory."""
-    with np.load(path) as f:
-        return {k: f[k] for k in f.files}
+    """
+    Reads a dataset file written by :func:`save` into memory.
+
+    :raises ValueError: naming the file and the fix if it is not a readable ``.npz`` dataset
+        (truncated, empty, another format, object arrays, no ``config``).
+    """
+    fix = (
+        "Delete it and it is generated again on the next run, or write it with "
+        f"`python -m pyro_kvae.data ENV --out {path}`."
+    )
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            data = {k: f[k] for k in f.files}
+    except (OSError, EOFError, ValueError, zipfile.BadZipFile, KeyError) as e:
+        if isinstance(e, (FileNotFoundError, IsADirectoryError, PermissionError)):
+            raise
+        raise unreadable(path, "dataset file (.npz written by pyro_kvae.data)", e, fix) from None
+    if not isinstance(data, dict) or "config" not in data:
+        found = sorted(data)[:6] if isinstance(data, dict) else type(data).__name__
+        raise ValueError(f"{path} is not a pyro-kvae dataset: it has no 'config' entry (found {found}). {fix}")
+    return data
 
 
 class VideoDataset(torch.utils.data.Dataset):
@@ -119,17 +133,27 @@ class VideoDataset(torch.utils.data.Dataset):
             name = env or os.path.splitext(os.path.basename(path))[0]
             save(path, generate(name, sizes, seed=seed))
         data = load(path)
-        self.config = json.loads(str(data["config"]))
+        try:
+            self.config = json.loads(str(data["config"]))
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: its 'config' entry is not JSON ({e}); regenerate the file") from None
         prefix = split + "/"
         self.tensors = {
             k[len(prefix) :]: torch.from_numpy(v.astype(np.float32)) for k, v in data.items() if k.startswith(prefix)
         }
-        self.split = split
+        x = self.tensors.get("x")
+        if x is None or x.dim() != 4:
+            got = "nothing" if x is None else f"shape {tuple(x.shape)}"
+            raise ValueError(f"{path}: '{split}/x' must hold frames of shape (N, T, H, W), found {got}")
+        self.tensors.setdefault("u", x.new_zeros(x.shape[:2] + (0,)))
+        self.split, self.path = split, path
 
     def take(self, n: int) -> "VideoDataset":
-        """The first ``n`` sequences as a new dataset (sharing memory)."""
+        """The first ``min(n, len(self))`` sequences as a new dataset (sharing memory); ``n >= 1``."""
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"n must be a positive int (sequences to take from {self.path}), got {n!r}")
         new = object.__new__(VideoDataset)
-        new.config, new.split = self.config, self.split
+        new.config, new.split, new.path = self.config, self.split, self.path
         new.tensors = {k: v[:n] for k, v in self.tensors.items()}
         return new
 

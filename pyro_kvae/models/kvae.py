@@ -13,13 +13,27 @@ Use with any guide for ``"a"``, e.g. the default :meth:`KVAE.guide`::
 import pyro
 import torch
 from pyro import poutine
-from pyro.distributions.util import is_validation_enabled
 from pyro.nn import PyroModule
 from pyro.nn.module import to_pyro_module_
 
 from ..nn.vae import frame_distribution
 from .guides import SmoothingGuide
 from .prior import KalmanPrior
+
+
+def _check_frames(x: torch.Tensor, likelihood: str) -> None:
+    """Raises ``ValueError`` unless the frames are finite, and binary for the ``"bernoulli"`` likelihood."""
+    if not torch.isfinite(x).all():
+        raise ValueError("x must be finite in observed frames (missing frames may hold anything; give a mask)")
+    if likelihood == "bernoulli":
+        bad = (x != 0) & (x != 1)
+        if bad.any():
+            value = x[bad][0].item()
+            hint = "scale 8-bit frames by 1/255 and " if x.max() > 1 else ""
+            raise ValueError(
+                f"x must be binary (0 or 1) for the Bernoulli likelihood, found {value:g}: {hint}"
+                "threshold the frames (x > 0.5), or use likelihood='gaussian' (--likelihood gaussian)"
+            )
 
 
 class KVAE(PyroModule):
@@ -49,23 +63,27 @@ class KVAE(PyroModule):
     def check_inputs(self, x, u=None, mask=None):
         """
         Validates ``x (batch, T, H, W)``, ``u (batch, T, dim_u)``, ``mask (batch, T)`` and
-        returns them with missing frames of ``x`` set to zero (they may hold anything).
+        returns them with ``x`` in the model's dtype and missing frames of ``x`` set to zero
+        (they may hold anything).
+
+        Shapes and the frames' values (finite, and binary for the Bernoulli likelihood) are
+        checked always, also with Pyro's validation off: they cost a reduction over the
+        frames, and a wrong scale (0..255) or grey frames would otherwise train silently on
+        a meaningless loss.
         """
         s = self.frame_size
         if not isinstance(x, torch.Tensor) or not x.is_floating_point():
-            raise TypeError(f"x must be a floating point tensor of shape (batch, T, {s}, {s})")
+            got = f"dtype {x.dtype}" if isinstance(x, torch.Tensor) else type(x).__name__
+            raise TypeError(f"x must be a floating point tensor of shape (batch, T, {s}, {s}), got {got}")
         if x.dim() != 4 or x.shape[-2:] != (s, s):
             raise ValueError(f"x must have shape (batch, T, {s}, {s}), got {tuple(x.shape)}")
+        x = x.to(self.prior.A.dtype)
         if mask is not None:
             if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool or mask.shape != x.shape[:2]:
                 got = f"{mask.dtype} {tuple(mask.shape)}" if isinstance(mask, torch.Tensor) else type(mask).__name__
                 raise ValueError(f"mask must be a bool tensor of shape {tuple(x.shape[:2])}, got {got}")
             x = torch.where(mask[..., None, None], x, x.new_zeros(()))
-        if is_validation_enabled():
-            if not torch.isfinite(x).all():
-                raise ValueError("x must be finite in observed frames")
-            if self.likelihood == "bernoulli" and ((x < 0) | (x > 1)).any():
-                raise ValueError("x must lie in [0, 1] for the Bernoulli likelihood")
+        _check_frames(x, self.likelihood)
         if u is not None:
             self.prior._check_u(u, x.shape[:2])
         return x, u, mask
