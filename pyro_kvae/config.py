@@ -89,8 +89,8 @@ class KVAEConfig:
                 raise ConfigError(f.name, f"must be a number, got {value!r}")
             if kind is float and not math.isfinite(value):
                 raise ConfigError(f.name, f"must be finite, got {value!r}")
-        at_least = {"frame_size": 1, "dim_a": 1, "dim_z": 1, "dim_u": 0, "K": 1, "dynamics_hidden": 1, "epochs": 1,
-                    "batch_size": 1, "lr_decay_every": 1, "kf_update_epochs": 0, "t_init_train_miss": 0, "seed": 0}  # fmt: skip
+        at_least = dict(frame_size=1, dim_a=1, dim_z=1, dim_u=0, K=1, dynamics_hidden=1, epochs=1, batch_size=1,
+                        lr_decay_every=1, kf_update_epochs=0, t_init_train_miss=0, seed=0)  # fmt: skip
         for name, low in at_least.items():
             if getattr(self, name) < low:
                 raise ConfigError(name, f"must be at least {low}, got {getattr(self, name)!r}")

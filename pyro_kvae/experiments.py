@@ -185,7 +185,7 @@ def main(argv=None):
 
     config = KVAEConfig(epochs=args.epochs, conv_filters=tuple(args.filters), seed=args.seed, device=device,
                         kf_update_epochs=min(10, args.epochs // 4), dynamics=args.dynamics)  # fmt: skip
-    trainer = Trainer(config, run_dir=os.path.join(run_dir, "kvae"))
+    trainer = Trainer(config, run_dir=os.path.join(run_dir, "kvae"), overwrite=True)  # the runner always retrains
     trainer.fit(train)
     kvae_time = time.perf_counter() - start
 
@@ -280,7 +280,7 @@ def pendulum_table(args):
         config = KVAEConfig(frame_size=16, dim_z=3, dim_u=1, K=2, vae=vae, conv_filters=tuple(args.filters),
                             epochs=args.epochs, kf_update_epochs=min(10, args.epochs // 4), seed=args.seed,
                             device=device)  # fmt: skip
-        trainer = Trainer(config, run_dir=os.path.join(run_dir, f"kvae_{vae}"))
+        trainer = Trainer(config, run_dir=os.path.join(run_dir, f"kvae_{vae}"), overwrite=True)
         trainer.fit(train)
         results[f"KVAE ({'CNN' if vae == 'conv' else 'MLP'})"] = elbo_per_sequence(
             trainer.model.model, trainer.model.guide, test, device

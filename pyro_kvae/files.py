@@ -13,7 +13,7 @@ import json
 import math
 import os
 import tempfile
-from typing import Any, Callable, Iterable, Optional
+from typing import Any, Callable, Iterable
 
 TMP_SUFFIX = ".tmp"
 
@@ -85,7 +85,9 @@ def append_jsonl(path: str, row: dict) -> None:
         os.fsync(f.fileno())
 
 
-def unreadable(path: str, what: str, error: BaseException, fix: str, kind: Optional[type] = None) -> Exception:
-    """The error for a file that exists but cannot be read as ``what``: names the file, the cause and the fix."""
-    cause = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
-    return (kind or ValueError)(f"{path} is not a readable {what} ({cause}). {fix}")
+def unreadable(path: str, what: str, error: BaseException, fix: str) -> ValueError:
+    """The error for a file that exists but cannot be read as ``what``: names the file, the cause
+    (the first line of ``error``'s message) and the fix."""
+    first = str(error).strip().splitlines()[0][:200] if str(error).strip() else ""
+    cause = f"{type(error).__name__}: {first}" if first else type(error).__name__
+    return ValueError(f"{path} is not a readable {what} ({cause}). {fix}")

@@ -19,6 +19,7 @@ holds an epoch that the checkpoint does not, nor one twice.
 
 import math
 import os
+import pickle
 from typing import Optional
 
 import pyro
@@ -56,7 +57,13 @@ def load_checkpoint(path: str) -> dict:
     )
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch.load raises many types (UnpicklingError, EOFError, RuntimeError, ...)
+    except EOFError:
+        raise ValueError(f"{path} is not a readable pyro-kvae checkpoint (it is empty or truncated). {fix}") from None
+    except pickle.UnpicklingError:  # torch's message here suggests weights_only=False: not for a damaged file
+        raise ValueError(
+            f"{path} is not a readable pyro-kvae checkpoint (its bytes are not a torch.save file). {fix}"
+        ) from None
+    except Exception as e:  # torch.load raises many types (EOFError, RuntimeError, ...)
         raise unreadable(path, "pyro-kvae checkpoint", e, fix) from None
     missing = [k for k in _STATE_KEYS if not isinstance(state, dict) or k not in state]
     if missing:
@@ -65,7 +72,7 @@ def load_checkpoint(path: str) -> dict:
 
 
 def _plain(value):
-    return list(value) if isinstance(value, (list, tuple)) else value
+    return tuple(value) if isinstance(value, (list, tuple)) else value
 
 
 def random_mask(shape, miss_prob: float, t_init: int, generator=None, device=None) -> torch.Tensor:
@@ -219,9 +226,10 @@ class Trainer:
                 record["valid_elbo"] = self.evaluate(valid)
             bad = {k: v for k, v in record.items() if not math.isfinite(v)}
             if bad:
-                kept = f"the checkpoint of epoch {self.epoch - 1} in {self.run_dir} is kept; " if self.run_dir else ""
+                n = record["epoch"]
+                kept = f"the checkpoint of epoch {n - 1} in {self.run_dir} is kept; " if self.run_dir else ""
                 raise FloatingPointError(
-                    f"training diverged in epoch {self.epoch}: {bad}; {kept}"
+                    f"training diverged in epoch {n}: {bad}; {kept}"
                     f"try a lower --lr (now {self.config.lr}) or --clip-norm (now {self.config.clip_norm})"
                 )
             self.history.append(record)
@@ -272,7 +280,7 @@ class Trainer:
         if device is not None:
             changes["device"] = device
         saved = {**state["config"], **state.get("meta", {})}
-        diffs = {k: (saved.get(k), v) for k, v in changes.items() if _plain(saved.get(k)) != _plain(v)}
+        diffs = {k: (_plain(saved.get(k)), _plain(v)) for k, v in changes.items() if _plain(saved.get(k)) != _plain(v)}
         refused = {k: d for k, d in diffs.items() if k not in RESUMABLE}
         if refused:
             lines = "; ".join(f"{k}: the run has {old!r}, asked for {new!r}" for k, (old, new) in refused.items())

@@ -97,6 +97,10 @@ def load(path: str) -> Dict[str, np.ndarray]:
         "Delete it and it is generated again on the next run, or write it with "
         f"`python -m pyro_kvae.data ENV --out {path}`."
     )
+    if os.path.isfile(path) and not zipfile.is_zipfile(path):  # np.load would try to unpickle it
+        size = os.path.getsize(path)
+        cause = "the file is empty" if size == 0 else f"its {size} bytes are not a complete .npz (zip) archive"
+        raise ValueError(f"{path} is not a readable dataset file ({cause}). {fix}")
     try:
         with np.load(path, allow_pickle=False) as f:
             data = {k: f[k] for k in f.files}
