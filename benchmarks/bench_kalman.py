@@ -3,11 +3,12 @@
 Times LGSSM inference: log-prob + backward, smoothing, and posterior sampling.
 
 Compares pyro_kvae's parallel scan (float64 inside, and float32 inside), its
-sequential covariance-form filter/smoother, and pyro.distributions.GaussianHMM
-(float32), at (batch, T, dim_z, dim_a) = (64,20,4,2), (64,100,8,4), (256,500,16,8).
-Inputs are float32 throughout. Run by hand:
+sequential covariance-form filter/smoother, its square-root filter/smoother in
+float32 (what ``LinearGaussianSSM(compute_dtype=None)`` runs on float32 inputs),
+and pyro.distributions.GaussianHMM (float32), at (batch, T, dim_z, dim_a) =
+(64,20,4,2), (64,100,8,4), (256,500,16,8). Inputs are float32 throughout. Run by hand:
 
-    python benchmarks/bench_kalman.py [--repeat 5] [--threads 2] [--device cpu]
+    python benchmarks/bench_kalman.py [--repeat 5] [--threads 2] [--device cpu] [--sizes 2]
 """
 
 import argparse
@@ -18,6 +19,7 @@ import torch
 from pyro_kvae.distributions import LinearGaussianSSM
 from pyro_kvae.ops.kalman import backward_conditional, kalman_filter, kalman_smoother
 from pyro_kvae.ops.lgssm import lgssm_log_prob, lgssm_posterior_rsample
+from pyro_kvae.ops.sqrt_kalman import sqrt_kalman_filter, sqrt_posterior_rsample, sqrt_rts_smoother
 
 SIZES = [(64, 20, 4, 2), (64, 100, 8, 4), (256, 500, 16, 8)]
 
@@ -81,6 +83,8 @@ def log_prob_backward(method, a, p):
             lp = lgssm_log_prob(a, compute_dtype=torch.float32, **q)
         elif method == "sequential":
             lp = kalman_filter(a, **q).log_prob
+        elif method == "sqrt f32":
+            lp = sqrt_kalman_filter(a, **q).log_prob
         else:
             lp = gaussian_hmm(**q).log_prob(a)
         lp.sum().backward()
@@ -93,12 +97,14 @@ def smoothing(method, a, p):
         with torch.no_grad():
             if method == "sequential":
                 kalman_smoother(a, **p)
+            elif method == "sqrt f32":
+                sqrt_rts_smoother(sqrt_kalman_filter(a, **p), p["A"], p["Q"])
             elif method == "parallel f64":  # means only, via zero noise
                 lgssm_posterior_rsample(a, noise=torch.zeros(a.shape[:2] + (p["A"].shape[-1],), device=a.device), **p)
             else:
                 return None
 
-    return None if method not in ("sequential", "parallel f64") else fn
+    return None if method not in ("sequential", "parallel f64", "sqrt f32") else fn
 
 
 def sampling(method, a, p):
@@ -110,13 +116,16 @@ def sampling(method, a, p):
                 lgssm_posterior_rsample(a, compute_dtype=torch.float32, **p)
             elif method == "sequential":
                 sequential_ffbs(a, p)
+            elif method == "sqrt f32":
+                f = sqrt_kalman_filter(a, **p)
+                sqrt_posterior_rsample(f, sqrt_rts_smoother(f, p["A"], p["Q"]), torch.randn_like(f.filt_mean))
             else:
                 gaussian_hmm(**p).rsample_posterior(a)
 
     return fn
 
 
-METHODS = ["parallel f64", "parallel f32", "sequential", "GaussianHMM f32"]
+METHODS = ["parallel f64", "parallel f32", "sequential", "sqrt f32", "GaussianHMM f32"]
 
 
 def main(args):
@@ -126,7 +135,7 @@ def main(args):
     )
     print("| task | (batch, T, dim_z, dim_a) | " + " | ".join(METHODS) + " |")
     print("|---|---|" + "---|" * len(METHODS))
-    for size in SIZES:
+    for size in SIZES[: args.sizes]:
         a, p = problem(*size, args.device)
         for task, make in (
             ("log_prob + backward", log_prob_backward),
@@ -145,4 +154,5 @@ if __name__ == "__main__":
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--sizes", type=int, default=len(SIZES), help="run only the first N sizes")
     main(parser.parse_args())
