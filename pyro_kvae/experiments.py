@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from .baselines import DMM, RNNBaseline, train_rnn_baseline
+from .cli import positive_int
 from .config import KVAEConfig, build_kvae
 from .data import VideoDataset
 from .imputation import generate, impute, pixel_error
@@ -162,15 +163,18 @@ def main(argv=None):
     parser.add_argument("env", choices=["box", "box_gravity", "polygon", "pong", "pendulum"])
     parser.add_argument("--data", help="dataset file (default data/<env>.npz, generated if missing)")
     parser.add_argument("--run-dir", help="default runs/experiment_<env>")
-    parser.add_argument("--epochs", type=int, default=20, help="KVAE epochs (paper: 80)")
-    parser.add_argument("--baseline-epochs", type=int, default=10, help="epochs for each baseline stage")
-    parser.add_argument("--n-train", type=int, help="training sequences (default: all)")
-    parser.add_argument("--n-test", type=int, default=1000)
-    parser.add_argument("--filters", type=int, nargs="+", default=[16, 16, 16], help="conv filters (paper: 32 32 32)")
+    parser.add_argument("--epochs", type=positive_int, default=20, help="KVAE epochs (paper: 80)")
+    parser.add_argument("--baseline-epochs", type=positive_int, default=10, help="epochs for each baseline stage")
+    parser.add_argument("--n-train", type=positive_int, help="training sequences (default: all)")
+    parser.add_argument("--n-test", type=positive_int, default=1000)
+    parser.add_argument("--filters", type=positive_int, nargs="+", default=[16, 16, 16],
+                        help="conv filters (paper: 32 32 32)")  # fmt: skip
     parser.add_argument("--dynamics", default="lstm", choices=["lstm", "mlp"], help="alpha network (mlp: fig. 4 grid)")
     parser.add_argument("--cuda", action="store_true")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    if args.cuda and not torch.cuda.is_available():
+        parser.error("--cuda given but torch.cuda.is_available() is False")
     if args.env == "pendulum":
         return pendulum_table(args)
     device = "cuda" if args.cuda else "cpu"

@@ -29,6 +29,10 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--T", type=int, help="sequence length (default: the environment's)")
     args = parser.parse_args(argv)
+    if args.T is not None and args.T < 1:
+        parser.error(f"argument --T: must be a positive int, got {args.T}")
+    if args.sizes is not None and min(args.sizes) < 0:
+        parser.error(f"argument --sizes: must be non-negative ints, got {args.sizes}")
     out = args.out or f"data/{args.env}.npz"
     settings = {} if args.T is None else {"T": args.T}
     start = time.perf_counter()
