@@ -16,6 +16,9 @@ from .models import KVAE, KalmanPrior
 from .nn import ConvDecoder, ConvEncoder, FixedDynamics, LSTMDynamics, MLPDecoder, MLPDynamics, MLPEncoder
 
 
+PRECISIONS = ("32", "64", "bf16-mixed", "16-mixed")
+
+
 class ConfigError(ValueError):
     """A bad :class:`KVAEConfig` value; ``field`` names the setting (its flag is ``--field-name``)."""
 
@@ -67,7 +70,12 @@ class KVAEConfig:
     train_miss_prob: float = 0.0  # fraction of frames dropped in training
     t_init_train_miss: int = 3  # first frames always observed when dropping
     seed: int = 0
-    device: str = "cpu"
+    # hardware (Lightning): may change when a run is resumed
+    device: str = "cpu"  # "cpu", "cuda" or "cuda:N"
+    devices: int = 1  # devices per node (DDP processes)
+    num_nodes: int = 1
+    strategy: str = "auto"  # Lightning strategy, e.g. "ddp"
+    precision: str = "32"  # or "bf16-mixed": the networks in bfloat16, the Kalman part in its own dtype
 
     def __post_init__(self):
         self.conv_filters, self.mlp_hidden = tuple(self.conv_filters), tuple(self.mlp_hidden)
@@ -90,7 +98,8 @@ class KVAEConfig:
             if kind is float and not math.isfinite(value):
                 raise ConfigError(f.name, f"must be finite, got {value!r}")
         at_least = dict(frame_size=1, dim_a=1, dim_z=1, dim_u=0, K=1, dynamics_hidden=1, epochs=1, batch_size=1,
-                        lr_decay_every=1, kf_update_epochs=0, t_init_train_miss=0, seed=0)  # fmt: skip
+                        lr_decay_every=1, kf_update_epochs=0, t_init_train_miss=0, seed=0, devices=1,
+                        num_nodes=1)  # fmt: skip
         for name, low in at_least.items():
             if getattr(self, name) < low:
                 raise ConfigError(name, f"must be at least {low}, got {getattr(self, name)!r}")
@@ -107,6 +116,8 @@ class KVAEConfig:
             sizes = getattr(self, name)
             if not sizes or any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in sizes):
                 raise ConfigError(name, f"must be one or more positive ints, got {sizes!r}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError("precision", f"must be one of {PRECISIONS}, got {self.precision!r}")
         try:
             torch.device(self.device)
         except (RuntimeError, TypeError):

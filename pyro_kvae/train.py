@@ -1,31 +1,45 @@
 # SPDX-License-Identifier: Apache-2.0
 """
-Training a KVAE with SVI (``Trace_ELBO``) on the reference schedule.
+Training a KVAE with SVI on `Lightning <https://lightning.ai>`_, Pyro's own scaling
+pattern (``examples/svi_lightning.py``): the loss is a Pyro ELBO, the optimiser a
+torch one, and Lightning runs the loop on one or many devices and nodes (DDP),
+with mixed precision for the networks.
 
-:class:`Trainer` owns the model, optimiser and learning-rate schedule; it
-trains epoch by epoch, evaluates the ELBO, and writes an atomic checkpoint
-after every epoch so that a run can be resumed exactly::
+:class:`KVAETrainingPlan` is the :class:`lightning.LightningModule`: ``training_step``
+is the negative ELBO per sequence (``Trace_ELBO``), ``configure_optimizers`` the
+reference schedule (Adam, ``StepLR`` 0.85 every 20 epochs; Lightning clips the
+global gradient norm at 150), and ``on_after_backward`` freezes the dynamics
+network for the first ``kf_update_epochs``. :class:`Trainer` keeps this project's
+entry point::
 
     trainer = Trainer(KVAEConfig(epochs=80), run_dir="runs/box")
     trainer.fit(train_set, valid_set)
     trainer = Trainer.resume("runs/box")   # continues where it stopped
 
-A run directory holds ``config.json``, ``checkpoint.pt`` and ``metrics.jsonl``
-(one row per finished epoch). After each epoch the checkpoint is replaced
-first and the row appended second, and every (re)start rewrites the log from
-the checkpoint's history, so whenever the process is killed the log never
-holds an epoch that the checkpoint does not, nor one twice.
+A run directory holds ``config.json``, ``checkpoint.pt`` (Lightning's format,
+written atomically through :class:`AtomicCheckpointIO`), ``metrics.jsonl`` (one
+row per finished epoch) and the Lightning loggers' files under ``logs/``. After
+each epoch the checkpoint is replaced first and the row written second, and
+every (re)start rewrites the logs from the checkpoint's history, so whenever
+the process is killed the logs never hold an epoch that the checkpoint does not,
+nor one twice. Only the global rank 0 writes.
 """
 
+import contextlib
+import logging
 import math
 import os
 import pickle
+import tempfile
+import warnings
 from typing import Optional
 
+import lightning
 import pyro
 import torch
+from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 from pyro.infer import Trace_ELBO
-from tqdm import tqdm
 
 from .config import KVAEConfig, build_kvae, check_device
 from .files import append_jsonl, atomic_write, remove_temporaries, unreadable, write_json, write_jsonl
@@ -33,8 +47,8 @@ from .files import append_jsonl, atomic_write, remove_temporaries, unreadable, w
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.jsonl"
 #: settings that a resumed run may change (the others must match the checkpoint's)
-RESUMABLE = frozenset({"epochs", "device"})
-_STATE_KEYS = ("config", "epoch", "model", "optimizer", "scheduler", "rng", "history")
+RESUMABLE = frozenset({"epochs", "device", "devices", "num_nodes", "strategy", "precision"})
+_STATE_KEYS = ("state_dict", "optimizer_states", "lr_schedulers", "pyro_kvae")
 
 
 def atomic_save(obj, path: str) -> None:
@@ -44,7 +58,7 @@ def atomic_save(obj, path: str) -> None:
 
 def load_checkpoint(path: str) -> dict:
     """
-    Reads a checkpoint written by :meth:`Trainer.save` (tensors and plain data only, no code).
+    Reads a checkpoint written by :class:`Trainer` (tensors and plain data only, no code).
 
     :raises FileNotFoundError: if there is none.
     :raises ValueError: naming the file and the fix if it is damaged or not a checkpoint.
@@ -60,15 +74,25 @@ def load_checkpoint(path: str) -> dict:
     except EOFError:
         raise ValueError(f"{path} is not a readable pyro-kvae checkpoint (it is empty or truncated). {fix}") from None
     except pickle.UnpicklingError:  # torch's message here suggests weights_only=False: not for a damaged file
-        raise ValueError(
-            f"{path} is not a readable pyro-kvae checkpoint (its bytes are not a torch.save file). {fix}"
-        ) from None
-    except Exception as e:  # torch.load raises many types (EOFError, RuntimeError, ...)
+        cause = "its bytes are not a torch.save file"
+        raise ValueError(f"{path} is not a readable pyro-kvae checkpoint ({cause}). {fix}") from None
+    except Exception as e:  # torch.load raises many types (RuntimeError, ...)
         raise unreadable(path, "pyro-kvae checkpoint", e, fix) from None
     missing = [k for k in _STATE_KEYS if not isinstance(state, dict) or k not in state]
     if missing:
         raise ValueError(f"{path} is not a pyro-kvae checkpoint: it lacks {missing}. {fix}")
     return state
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint IO with our atomic write (temporary file beside the target, fsync,
+    rename; a killed writer's temporary is cleared on the next start) and checked load."""
+
+    def save_checkpoint(self, checkpoint, path, storage_options=None):
+        atomic_save(checkpoint, str(path))
+
+    def load_checkpoint(self, path, map_location=None, weights_only=None):
+        return load_checkpoint(str(path))
 
 
 def _plain(value):
@@ -89,18 +113,174 @@ def _batch(data, idx, device):
     return x, u
 
 
+class _Sequences(torch.utils.data.Dataset):
+    """``(x, u)`` of a :class:`~pyro_kvae.data.VideoDataset`, fetched a whole batch at a time."""
+
+    def __init__(self, data):
+        self.x, self.u = data.x, data.u
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitems__(self, indices):
+        idx = torch.as_tensor(indices)
+        return self.x[idx], self.u[idx]
+
+
+def _whole_batch(batch):
+    return batch
+
+
+def _loader(data, batch_size: int, world_size: int, rank: int, seed: int, shuffle: bool):
+    """Each rank takes its own shard (``DistributedSampler``; one shard on one device), shuffled
+    by ``seed + epoch``; the loader draws its base seed from its own generator, not the global one."""
+    sampler = torch.utils.data.DistributedSampler(
+        _Sequences(data), num_replicas=world_size, rank=rank, shuffle=shuffle, seed=seed
+    )
+    return torch.utils.data.DataLoader(
+        _Sequences(data), batch_size=batch_size, sampler=sampler, collate_fn=_whole_batch,
+        generator=torch.Generator().manual_seed(seed),
+    )  # fmt: skip
+
+
+class KVAETrainingPlan(lightning.LightningModule):
+    """
+    The KVAE's training as a :class:`lightning.LightningModule`.
+
+    :param KVAE kvae: the model.
+    :param guide: a guide ``guide(x, u, mask)`` for ``"a"`` (a module's parameters are trained too).
+    :param KVAEConfig config: the schedule.
+    :param owner: the :class:`Trainer` whose ``history`` and ``meta`` go into checkpoints.
+    """
+
+    def __init__(self, kvae, guide, config: KVAEConfig, owner: "Trainer"):
+        super().__init__()
+        self.kvae, self.config, self._owner = kvae, config, owner
+        self.guide_module = guide if isinstance(guide, torch.nn.Module) and guide is not kvae else None
+        self.guide = guide
+        self.elbo = Trace_ELBO()
+        self.train_data = self.valid_data = None
+
+    def _split(self, batch):
+        x, u = batch
+        return x, (u if u.size(-1) else None)
+
+    def training_step(self, batch, batch_idx):
+        x, u = self._split(batch)
+        c = self.config
+        mask = None
+        if c.train_miss_prob > 0:
+            mask = random_mask(x.shape[:2], c.train_miss_prob, c.t_init_train_miss, device=x.device)
+        self.kvae.scale_reconstruction = c.scale_reconstruction
+        loss = self.elbo.differentiable_loss(self.kvae.model, self.guide, x, u, mask) / x.shape[0]
+        # accumulated on the device and reduced once per epoch: no host sync per step
+        self.log("train_loss", loss, on_step=False, on_epoch=True, batch_size=x.shape[0], sync_dist=True, logger=False)
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        x, u = self._split(batch)
+        self.kvae.scale_reconstruction = 1.0
+        elbo = -self.elbo.differentiable_loss(self.kvae.model, self.guide, x, u) / x.shape[0]
+        self.log("valid_elbo", elbo, on_epoch=True, batch_size=x.shape[0], sync_dist=True, logger=False)
+
+    def on_train_epoch_end(self):
+        self.kvae.scale_reconstruction = 1.0
+
+    def on_after_backward(self):
+        # the alpha network is frozen for the first kf_update_epochs (reference kf_update_steps);
+        # before clipping, so that its gradients do not count towards the global norm
+        if self.current_epoch < self.config.kf_update_epochs:
+            for p in self.kvae.prior.dynamics.parameters():
+                p.grad = None
+
+    def configure_optimizers(self):
+        c = self.config
+        optimizer = torch.optim.Adam(self.parameters(), lr=c.lr)
+        scheduler = torch.optim.lr_scheduler.StepLR(optimizer, c.lr_decay_every, c.lr_decay)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+
+    def _world(self):
+        return self.trainer.world_size, self.trainer.global_rank
+
+    def train_dataloader(self):
+        world, rank = self._world()
+        return _loader(self.train_data, self.config.batch_size // world, world, rank, self.config.seed, True)
+
+    def val_dataloader(self):
+        if self.valid_data is None:
+            return []
+        world, rank = self._world()
+        return _loader(self.valid_data, 256, world, rank, self.config.seed, False)
+
+    def on_save_checkpoint(self, checkpoint):
+        o = self._owner
+        checkpoint["pyro_kvae"] = {
+            "config": self.config.to_dict(),
+            "meta": o.meta,
+            "history": list(o.history),
+            "rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+        }
+
+    def on_load_checkpoint(self, checkpoint):
+        extra = checkpoint["pyro_kvae"]
+        torch.set_rng_state(extra["rng"])
+        if extra.get("cuda_rng") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(extra["cuda_rng"])
+
+
+class _RunLog(lightning.Callback):
+    """At each epoch's end: check the metrics, record them, write the checkpoint, then the log rows."""
+
+    def __init__(self, owner: "Trainer"):
+        self.owner = owner
+
+    def on_train_epoch_end(self, trainer, plan):
+        o = self.owner
+        m = trainer.callback_metrics  # reduced over the epoch and the ranks; one host sync per epoch
+        record = {"epoch": trainer.current_epoch + 1, "train_loss": float(m["train_loss"])}
+        record["lr"] = trainer.optimizers[0].param_groups[0]["lr"]
+        if "valid_elbo" in m:
+            record["valid_elbo"] = float(m["valid_elbo"])
+        bad = {k: v for k, v in record.items() if not math.isfinite(v)}
+        if bad:
+            n = record["epoch"]
+            kept = f"the checkpoint of epoch {n - 1} in {o.run_dir} is kept; " if o.run_dir else ""
+            raise FloatingPointError(
+                f"training diverged in epoch {n}: {bad}; {kept}"
+                f"try a lower --lr (now {o.config.lr}) or --clip-norm (now {o.config.clip_norm})"
+            )
+        o.history.append(record)
+        o.epoch = record["epoch"]
+        trainer.save_checkpoint(o.checkpoint_path)  # every rank calls it; rank 0 writes
+        if trainer.is_global_zero and o.run_dir is not None:
+            append_jsonl(o._path(METRICS), record)
+            for logger in trainer.loggers:
+                logger.log_metrics(record, step=record["epoch"])
+                logger.save()
+
+
+def _is_global_zero() -> bool:
+    """Rank 0 before Lightning has set up its processes (it launches the others with these set)."""
+    return int(os.environ.get("NODE_RANK", 0)) == 0 and int(os.environ.get("LOCAL_RANK", 0)) == 0
+
+
 class Trainer:
     """
-    :param KVAEConfig config: model and training settings.
-    :param str run_dir: where ``config.json``, checkpoints and ``metrics.jsonl`` go (``None``: nothing written).
+    Trains a KVAE on Lightning with the reference schedule, on one device or many.
+
+    :param KVAEConfig config: model and training settings, including the hardware
+        (``device``, ``devices``, ``num_nodes``, ``strategy``, ``precision``).
+    :param str run_dir: where ``config.json``, checkpoints and logs go (``None``: nothing is kept).
     :param model: an already built :class:`~pyro_kvae.models.KVAE` (default: ``build_kvae(config)``).
-    :param guide: a guide ``guide(x, u, mask)`` for the ``"a"`` site (default: ``model.guide``).
-    :param bool progress: show tqdm progress bars.
+    :param guide: a guide ``guide(x, u, mask)`` for the ``"a"`` site (default: ``model.guide``);
+        if it is a module, its parameters are trained with the model's.
+    :param bool progress: show progress bars.
     :param dict meta: run settings outside ``config`` that are stored in the checkpoint and must
         not change on resume (e.g. the dataset path), JSON values.
     :param bool overwrite: start afresh in a ``run_dir`` that already holds a checkpoint (else
         ``FileExistsError``: an existing run is never replaced by accident).
-    :param dict state: a checkpoint's state to start from (what :meth:`resume` passes).
+    :param dict state: a checkpoint to start from (what :meth:`resume` passes).
     """
 
     def __init__(
@@ -125,27 +305,57 @@ class Trainer:
         pyro.set_rng_seed(config.seed)
         self.model = (model if model is not None else build_kvae(config)).to(self.device)
         self.guide = guide if guide is not None else self.model.guide
+        self.plan = KVAETrainingPlan(self.model, self.guide, config, self)
         self.elbo = Trace_ELBO()
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr)
-        self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, config.lr_decay_every, config.lr_decay)
         self.epoch = 0
         self.history = []
+        self._scratch = None
+        self._lightning = None
+        self.loggers = []
         if state is not None:
             self.load_state_dict(state)
-        if run_dir is not None:
+        if run_dir is not None and _is_global_zero():
             self._open_run_dir()
 
     def _path(self, name: str) -> str:
         return os.path.join(self.run_dir, name)
 
+    @property
+    def checkpoint_path(self) -> str:
+        """``run_dir/checkpoint.pt``, or a private temporary file for a run without ``run_dir``."""
+        if self.run_dir is not None:
+            return self._path(CHECKPOINT)
+        if self._scratch is None:
+            self._scratch = tempfile.TemporaryDirectory(prefix="pyro_kvae_")
+        return os.path.join(self._scratch.name, CHECKPOINT)
+
+    @property
+    def is_global_zero(self) -> bool:
+        """Whether this process is the global rank 0 (the one that writes, and that should report)."""
+        return self._lightning.is_global_zero if self._lightning is not None else _is_global_zero()
+
     def _open_run_dir(self) -> None:
-        """Writes config.json and a log that agrees with the history, and clears temporaries
-        left by a killed run; fails here, before any training, if the directory is not writable."""
+        """Writes config.json and logs that agree with the history, and clears temporaries left by
+        a killed run; fails here, before any training, if the directory is not writable."""
         try:
             os.makedirs(self.run_dir, exist_ok=True)
             remove_temporaries(self.run_dir)
             write_json(self._path("config.json"), {**self.config.to_dict(), **self.meta})
             write_jsonl(self._path(METRICS), self.history)
+            logs = self._path("logs")
+            os.makedirs(logs, exist_ok=True)
+            for name in os.listdir(logs):  # rewritten below from the checkpoint's history
+                if name == "metrics.csv" or name.startswith("events.out.tfevents"):
+                    os.unlink(os.path.join(logs, name))
+            self.loggers = [CSVLogger(self.run_dir, name="logs", version="")]
+            if _has_tensorboard():
+                from lightning.pytorch.loggers import TensorBoardLogger
+
+                self.loggers.append(TensorBoardLogger(self.run_dir, name="logs", version="", default_hp_metric=False))
+            for logger in self.loggers:
+                for record in self.history:
+                    logger.log_metrics(record, step=record["epoch"])
+                logger.save()
         except OSError as e:
             raise OSError(
                 e.errno, f"cannot write to the run directory {self.run_dir} ({e.strerror or e}); choose a writable one"
@@ -156,36 +366,9 @@ class Trainer:
         return self.elbo.differentiable_loss(self.model.model, self.guide, x, u, mask) / x.shape[0]
 
     def train_epoch(self, data) -> float:
-        """One pass over ``data`` (a :class:`~pyro_kvae.data.VideoDataset`); returns the mean training loss."""
-        _check_nonempty(data, "the training data")
-        c = self.config
-        self.model.train()
-        self.model.scale_reconstruction = c.scale_reconstruction
-        # the alpha network is frozen for the first kf_update_epochs (reference kf_update_steps)
-        frozen = list(self.model.prior.dynamics.parameters()) if self.epoch < c.kf_update_epochs else []
-        order = torch.randperm(len(data), generator=torch.Generator().manual_seed(c.seed * 100003 + self.epoch))
-        batches = order.split(c.batch_size)
-        total, count = 0.0, 0
-        bar = tqdm(batches, desc=f"epoch {self.epoch + 1}", leave=False, disable=not self.progress)
-        for idx in bar:
-            x, u = _batch(data, idx, self.device)
-            mask = None
-            if c.train_miss_prob > 0:
-                mask = random_mask(x.shape[:2], c.train_miss_prob, c.t_init_train_miss, device=self.device)
-            loss = self.loss(x, u, mask)
-            self.optimizer.zero_grad()
-            loss.backward()
-            for p in frozen:
-                p.grad = None
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), c.clip_norm)
-            self.optimizer.step()
-            total += loss.item() * len(idx)
-            count += len(idx)
-            bar.set_postfix(loss=f"{loss.item():.1f}")
-        self.scheduler.step()
-        self.model.scale_reconstruction = 1.0
-        self.epoch += 1
-        return total / count
+        """Trains one more epoch on ``data``; returns its mean training loss."""
+        self.fit(data, epochs=self.epoch + 1)
+        return self.history[-1]["train_loss"]
 
     @torch.no_grad()
     def evaluate(self, data, mask=None, batch_size: int = 256) -> float:
@@ -203,67 +386,72 @@ class Trainer:
             total += -self.elbo.loss(self.model.model, self.guide, x, u, m)
         return total / len(data)
 
+    def lightning_trainer(self, epochs: int) -> lightning.Trainer:
+        """The :class:`lightning.Trainer` that :meth:`fit` runs: the config's hardware, the
+        reference clipping, our atomic checkpoints and run log, the loggers of ``run_dir``."""
+        c = self.config
+        accelerator = "gpu" if self.device.type == "cuda" else "cpu"
+        devices = [self.device.index] if self.device.index is not None else c.devices
+        return lightning.Trainer(
+            accelerator=accelerator,
+            devices=devices,
+            num_nodes=c.num_nodes,
+            strategy=c.strategy,
+            precision=c.precision,
+            max_epochs=epochs,
+            gradient_clip_val=c.clip_norm,
+            gradient_clip_algorithm="norm",
+            logger=self.loggers or False,
+            callbacks=[_RunLog(self)],
+            enable_checkpointing=False,  # _RunLog writes the checkpoint, before the log rows
+            enable_progress_bar=self.progress,
+            enable_model_summary=False,
+            num_sanity_val_steps=0,
+            use_distributed_sampler=False,  # KVAETrainingPlan shards the data itself
+            plugins=[AtomicCheckpointIO()],
+            inference_mode=False,  # Pyro samples in validation
+            default_root_dir=self.run_dir or os.path.dirname(self.checkpoint_path),
+        )
+
     def fit(self, train, valid=None, epochs: Optional[int] = None):
         """
-        Trains up to ``epochs`` (default ``config.epochs``) in total. After each epoch the
-        checkpoint is written, then its row is appended to ``metrics.jsonl``.
+        Trains up to ``epochs`` (default ``config.epochs``) in total, continuing from the last
+        checkpoint. After each epoch the checkpoint is written, then the log rows.
 
         :raises FloatingPointError: if the loss or the validation ELBO is not finite; the
             last good checkpoint is kept and nothing non-finite is logged.
         """
         _check_nonempty(train, "the training data")
-        epochs = self.config.epochs if epochs is None else epochs  # a resumed run can be extended
-        bar = tqdm(
-            range(self.epoch, epochs), desc="training", disable=not self.progress, initial=self.epoch, total=epochs
-        )
-        for _ in bar:
-            record = {
-                "epoch": self.epoch + 1,
-                "train_loss": self.train_epoch(train),
-                "lr": self.scheduler.get_last_lr()[0],
-            }
-            if valid is not None:
-                record["valid_elbo"] = self.evaluate(valid)
-            bad = {k: v for k, v in record.items() if not math.isfinite(v)}
-            if bad:
-                n = record["epoch"]
-                kept = f"the checkpoint of epoch {n - 1} in {self.run_dir} is kept; " if self.run_dir else ""
-                raise FloatingPointError(
-                    f"training diverged in epoch {n}: {bad}; {kept}"
-                    f"try a lower --lr (now {self.config.lr}) or --clip-norm (now {self.config.clip_norm})"
-                )
-            self.history.append(record)
-            bar.set_postfix({k: f"{v:.2f}" for k, v in record.items() if k != "epoch" and k != "lr"})
-            if self.run_dir is not None:
-                self.save(self._path(CHECKPOINT))
-                append_jsonl(self._path(METRICS), record)
+        c = self.config
+        epochs = c.epochs if epochs is None else epochs  # a resumed run can be extended
+        world = c.devices * c.num_nodes
+        if c.batch_size % world:
+            raise ValueError(
+                f"batch_size {c.batch_size} (the global batch) must be divisible by devices x num_nodes = {world}"
+            )
+        if self.epoch >= epochs:
+            return self.history
+        self.plan.train_data = train
+        self.plan.valid_data = valid if valid is not None and len(valid) else None
+        trainer = self.lightning_trainer(epochs)
+        ckpt_path = self.checkpoint_path if self.epoch > 0 else None
+        self.plan.train()
+        with warnings.catch_warnings(), _lightning_info(self.progress):
+            for message in _QUIET:
+                warnings.filterwarnings("ignore", message=message)
+            trainer.fit(self.plan, ckpt_path=ckpt_path)
+        self._lightning = trainer
+        self.model.scale_reconstruction = 1.0
         return self.history
 
-    def state_dict(self) -> dict:
-        return {
-            "config": self.config.to_dict(),
-            "meta": self.meta,
-            "epoch": self.epoch,
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-            "history": self.history,
-        }
-
-    def save(self, path: str) -> None:
-        """Writes a checkpoint atomically."""
-        atomic_save(self.state_dict(), path)
-
     def load_state_dict(self, state: dict) -> None:
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.epoch, self.history = state["epoch"], list(state["history"])
-        torch.set_rng_state(state["rng"])
-        if state.get("cuda_rng") is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        """Model (and guide) weights, history and meta from a checkpoint; optimiser, schedule and
+        loops are restored by Lightning when :meth:`fit` continues from it."""
+        extra = state["pyro_kvae"]
+        self.plan.load_state_dict(state["state_dict"])
+        self.history = list(extra["history"])
+        self.epoch = len(self.history)
+        self.meta = {**extra.get("meta", {}), **self.meta}
 
     @classmethod
     def resume(cls, run_dir: str, device: Optional[str] = None, changes: Optional[dict] = None, **kwargs) -> "Trainer":
@@ -276,10 +464,11 @@ class Trainer:
             differs from the checkpoint's raises ``ValueError`` listing every difference.
         """
         state = load_checkpoint(os.path.join(run_dir, CHECKPOINT))
+        extra = state["pyro_kvae"]
         changes = dict(changes or {})
         if device is not None:
             changes["device"] = device
-        saved = {**state["config"], **state.get("meta", {})}
+        saved = {**extra["config"], **extra.get("meta", {})}
         diffs = {k: (_plain(saved.get(k)), _plain(v)) for k, v in changes.items() if _plain(saved.get(k)) != _plain(v)}
         refused = {k: d for k, d in diffs.items() if k not in RESUMABLE}
         if refused:
@@ -289,11 +478,37 @@ class Trainer:
                 f"the run as it was, or start a new run in another run directory. Only {sorted(RESUMABLE)} may change."
             )
         new = {k: value for k, (_, value) in diffs.items()}
-        config = KVAEConfig.from_dict({**state["config"], **{k: v for k, v in new.items() if k in state["config"]}})
-        meta = {**state.get("meta", {}), **{k: v for k, v in new.items() if k not in state["config"]}}
+        config = KVAEConfig.from_dict({**extra["config"], **{k: v for k, v in new.items() if k in extra["config"]}})
+        meta = {**extra.get("meta", {}), **{k: v for k, v in new.items() if k not in extra["config"]}}
         trainer = cls(config, run_dir=run_dir, meta=meta, state=state, **kwargs)
         trainer.resume_changes = diffs
         return trainer
+
+
+#: Lightning's advice that does not apply here (in-memory tensors need no loader workers; the
+#: logs directory is rewritten on purpose)
+_QUIET = (".*does not have many workers.*", ".*Experiment logs directory.*", ".*The number of training batches.*")
+
+
+@contextlib.contextmanager
+def _lightning_info(show: bool):
+    """Lightning's INFO lines (devices found, tips) only when progress is shown."""
+    loggers = [logging.getLogger(n) for n in ("lightning.pytorch", "lightning.pytorch.utilities.rank_zero")]
+    levels = [logger.level for logger in loggers]
+    if not show:
+        for logger in loggers:
+            logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
+
+
+def _has_tensorboard() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("tensorboard") is not None or importlib.util.find_spec("tensorboardX") is not None
 
 
 def _check_nonempty(data, what: str) -> None:
