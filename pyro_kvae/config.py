@@ -15,7 +15,6 @@ import torch
 from .models import KVAE, KalmanPrior
 from .nn import ConvDecoder, ConvEncoder, FixedDynamics, LSTMDynamics, MLPDecoder, MLPDynamics, MLPEncoder
 
-
 PRECISIONS = ("32", "64", "bf16-mixed", "16-mixed")
 
 
