@@ -2,6 +2,7 @@
 """Training: ELBO improves, checkpoints resume identically, missing frames, devices."""
 
 import json
+import math
 import os
 
 import pytest
@@ -98,3 +99,21 @@ def test_cuda_training(tiny_videos):
     trainer.fit(train, valid)
     assert next(trainer.model.parameters()).is_cuda
     assert torch.isfinite(torch.tensor(trainer.history[-1]["valid_elbo"]))
+
+
+def test_bf16_mixed_keeps_the_kalman_part_in_float32(tiny_videos):
+    """Under bf16 autocast the networks run in bfloat16, the prior and the guide's filter do not."""
+    train, valid = tiny_videos
+    trainer = Trainer(config(epochs=1, precision="bf16-mixed", train_miss_prob=0.3), progress=False)
+    prior = trainer.model.prior
+    a = torch.randn(4, 8, 2)
+    mask = torch.rand(4, 8) > 0.3
+    plain = prior.filter(a, mask)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert trainer.model.decoder(a).dtype == torch.bfloat16  # the networks are autocast
+        mixed = prior.filter(a, mask)
+        log_p = prior.distribution((4,), 8).log_prob(a)
+    assert torch.equal(plain.filtered.filt_cov, mixed.filtered.filt_cov) and torch.equal(plain.alpha, mixed.alpha)
+    assert log_p.dtype == torch.float32 and torch.equal(log_p, prior.distribution((4,), 8).log_prob(a))
+    history = trainer.fit(train, valid)
+    assert math.isfinite(history[-1]["train_loss"]) and math.isfinite(history[-1]["valid_elbo"])

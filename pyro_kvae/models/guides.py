@@ -18,6 +18,8 @@ import pyro.distributions as dist
 import torch
 from pyro.distributions import TorchDistribution, constraints
 
+from ..ops.precision import full_precision
+
 
 class EncoderSmootherPosterior(TorchDistribution):
     """
@@ -50,6 +52,7 @@ class EncoderSmootherPosterior(TorchDistribution):
             alpha = self.prior.filter(a, self.mask, self.u).alpha
         return self.prior.lgssm(alpha, self.u), self.prior.lgssm(alpha, self.u, self.mask)
 
+    @full_precision
     def rsample(self, sample_shape=torch.Size()):
         if sample_shape != torch.Size():
             raise NotImplementedError("draw several samples with pyro.plate (vectorised particles)")
@@ -63,6 +66,7 @@ class EncoderSmootherPosterior(TorchDistribution):
         self._cache = (a, alpha)
         return a
 
+    @full_precision
     def log_prob(self, value):
         encoder = dist.Normal(self.loc, self.scale).log_prob(value).sum(-1)
         encoder = torch.where(self.mask, encoder, encoder.new_zeros(())).sum(-1)
@@ -84,7 +88,7 @@ class SmoothingGuide:
 
     def __call__(self, x, u=None, mask=None):
         x, u, mask = self.kvae.check_inputs(x, u, mask)
-        loc, scale = self.kvae.encoder(x)
+        loc, scale = (t.to(x.dtype) for t in self.kvae.encoder(x))  # float32 also under mixed precision
         if mask is None:
             q = dist.Normal(loc, scale).to_event(2)
         else:

@@ -99,7 +99,7 @@ class KVAE(PyroModule):
         N, T = x.shape[:2]
         with pyro.plate("sequences", N):
             a = pyro.sample("a", self.prior.distribution((N,), T, u))
-            px = frame_distribution(self.decoder(a), self.likelihood, self.pixel_var)
+            px = frame_distribution(self.decoder(a).to(x.dtype), self.likelihood, self.pixel_var)
             if mask is not None:
                 px = px.mask(mask[..., None, None])
             with poutine.scale(scale=self.scale_reconstruction):

@@ -22,6 +22,7 @@ from torch import nn
 from ..distributions import LinearGaussianSSM
 from ..nn.dynamics import DynamicsNetwork
 from ..ops.kalman import KalmanFilterResult, kalman_predict, kalman_update
+from ..ops.precision import full_precision
 
 
 class RecursiveFilterResult(NamedTuple):
@@ -116,6 +117,7 @@ class KalmanPrior(PyroModule):
             raise ValueError(f"u must have shape {tuple(batch_T) + (self.dim_u,)}, got {tuple(u.shape)}")
         return u
 
+    @full_precision
     def lgssm(self, alpha, u=None, mask=None) -> LinearGaussianSSM:
         """
         The LGSSM with mixture weights ``alpha (batch, T, K)`` held fixed.
@@ -128,6 +130,7 @@ class KalmanPrior(PyroModule):
         kw = {} if u is None else {"B": B, "u": u}
         return LinearGaussianSSM(self.mu0, self.Sigma0, A, self.Q, C, self.R, mask=mask, **kw)
 
+    @full_precision
     def forward(self, a, u=None, mask=None) -> LinearGaussianSSM:
         """
         The LGSSM given ``a (batch, T, dim_a)``, with ``alpha`` computed from ``a``
@@ -139,6 +142,7 @@ class KalmanPrior(PyroModule):
         """``p(a | u)`` as a Pyro distribution with batch shape ``batch_shape`` and event ``(T, dim_a)``."""
         return KalmanPriorDistribution(self, torch.Size(batch_shape), T, u)
 
+    @full_precision
     def sample(self, batch_shape, T: int, u=None):
         """
         Ancestral sample from the generative model, ``alpha`` fed by the generated ``a``.
@@ -171,6 +175,7 @@ class KalmanPrior(PyroModule):
             alphas.append(alpha)
         return torch.stack(zs, -2), torch.stack(as_, -2), torch.stack(alphas, -2)
 
+    @full_precision
     def filter(self, a, mask=None, u=None, sample: bool = False) -> RecursiveFilterResult:
         """
         Kalman filtering with the dynamics network in the loop (paper section 4).
@@ -245,12 +250,14 @@ class KalmanPriorDistribution(TorchDistribution):
         u = None if self.u is None else self.u.expand(batch_shape + self.u.shape[-2:])
         return KalmanPriorDistribution(self.prior, batch_shape, self.T, u, validate_args=False)
 
+    @full_precision
     def log_prob(self, value):
         if value.shape[-2:] != self.event_shape:
             raise ValueError(f"value must have shape (..., {self.T}, {self.prior.dim_a}), got {tuple(value.shape)}")
         u = None if self.u is None else self.u.expand(value.shape[:-2] + self.u.shape[-2:])
         return self.prior(value, u).log_prob(value)
 
+    @full_precision
     def rsample(self, sample_shape=torch.Size()):
         shape = torch.Size(sample_shape) + self.batch_shape
         u = None if self.u is None else self.u.expand(shape + self.u.shape[-2:])
