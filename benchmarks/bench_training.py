@@ -1,16 +1,24 @@
 # SPDX-License-Identifier: Apache-2.0
 """
-Seconds per training epoch of the default KVAE (paper settings) on the
-bouncing-ball set, and where the time of one training step goes.
+Training speed of the default KVAE (paper settings) on the bouncing-ball set.
 
-    python benchmarks/bench_training.py [--data data/box.npz] [--batches 20] [--full-epoch] [--device cpu]
+Where the time of one training step goes (forward + backward for one batch of
+32 sequences x 20 frames, each part timed alone)::
 
-Component timings are forward + backward for one batch of 32 sequences x 20 frames.
+    python benchmarks/bench_training.py [--data data/box.npz] [--batches 20] [--device cpu]
+
+Throughput of the real training loop (Lightning), in sequences per second over
+the last of ``--epochs`` epochs, on ``--devices`` processes (DDP when more than one;
+``--threads`` is shared out between them)::
+
+    python benchmarks/bench_training.py --throughput --devices 1 [--n-train 1024] [--precision 32]
+    python benchmarks/bench_training.py --throughput --devices 2
 """
 
 import argparse
 import time
 
+import lightning
 import torch
 from pyro.infer import Trace_ELBO
 
@@ -31,19 +39,18 @@ def timed(fn, device, repeat=5):
     return 1e3 * (time.perf_counter() - start) / repeat
 
 
-def main(args):
-    torch.set_num_threads(args.threads)
-    data = VideoDataset(args.data, "train", env="box")
+def components(args, data):
     config = KVAEConfig(device=args.device, kf_update_epochs=0)
-    trainer = Trainer(config, progress=args.full_epoch)
+    trainer = Trainer(config, progress=False)
     model, device = trainer.model, trainer.device
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     x = data.x[: config.batch_size].to(device)
     loc, scale = model.encoder(x)
     a = (loc + scale * torch.randn_like(scale)).detach().requires_grad_()
     elbo = Trace_ELBO()
 
     def step():
-        trainer.optimizer.zero_grad()
+        optimizer.zero_grad()
         elbo.differentiable_loss(model.model, model.guide, x).backward()
 
     parts = {
@@ -59,22 +66,52 @@ def main(args):
     for name, fn in parts.items():
         print(f"  {name:36s} {timed(fn, device):8.1f} ms")
     n = len(data) // config.batch_size
-    if args.full_epoch:
-        start = time.perf_counter()
-        trainer.train_epoch(data)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        print(f"one epoch over {len(data)} sequences: {time.perf_counter() - start:.1f} s")
+    ms = timed(lambda: (step(), optimizer.step()), device, repeat=args.batches)
+    print(f"estimated epoch ({n} batches of {config.batch_size}): {ms * n / 1e3:.1f} s")
+
+
+class EpochTimer(lightning.Callback):
+    def on_train_epoch_start(self, trainer, module):
+        self.start = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer, module):
+        self.seconds = time.perf_counter() - self.start
+
+
+def throughput(args, data):
+    data = data.take(args.n_train)
+    strategy = "ddp" if args.devices > 1 else "auto"
+    config = KVAEConfig(epochs=args.epochs, device=args.device, devices=args.devices, strategy=strategy,
+                        precision=args.precision, kf_update_epochs=0)  # fmt: skip
+    timer = EpochTimer()
+    trainer = Trainer(config, progress=False, callbacks=[timer])
+    trainer.fit(data)
+    if trainer.is_global_zero:
+        print(
+            f"torch {torch.__version__}, {trainer.device}, {args.devices} process(es) x {torch.get_num_threads()} "
+            f"thread(s), precision {args.precision}, global batch {config.batch_size}: last epoch over "
+            f"{len(data)} sequences {timer.seconds:.1f} s = {len(data) / timer.seconds:.1f} sequences/s"
+        )
+
+
+def main(args):
+    torch.set_num_threads(max(1, args.threads // args.devices))
+    data = VideoDataset(args.data, "train", env="box")
+    if args.throughput:
+        throughput(args, data)
     else:
-        ms = timed(lambda: (step(), trainer.optimizer.step()), device, repeat=args.batches)
-        print(f"estimated epoch ({n} batches of {config.batch_size}): {ms * n / 1e3:.1f} s")
+        components(args, data)
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default="data/box.npz")
     parser.add_argument("--batches", type=int, default=20)
-    parser.add_argument("--full-epoch", action="store_true")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--throughput", action="store_true", help="time the real training loop instead")
+    parser.add_argument("--devices", type=int, default=1)
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--n-train", type=int, default=1024)
+    parser.add_argument("--precision", default="32")
     main(parser.parse_args())

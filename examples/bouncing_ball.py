@@ -8,6 +8,7 @@ figures and GIFs to the run directory.
 
     python examples/bouncing_ball.py                 # quick run on the CPU (minutes)
     python examples/bouncing_ball.py --full --cuda   # the paper's settings on a GPU
+    python examples/bouncing_ball.py --full --cuda --devices 4 --strategy ddp   # 4 GPUs (Lightning DDP)
     python examples/bouncing_ball.py --resume        # continue an interrupted run (flags that
                                                      # change the model or data are refused)
 
@@ -184,6 +185,8 @@ def main(args):
     print(f"data: {len(train)} train, {len(valid or [])} valid, {len(test)} test sequences from {args.data}")
 
     trainer.fit(train, valid)
+    if not trainer.is_global_zero:  # with --devices N > 1 the other processes stop here
+        return
     metrics, x, u, mask, filtered, smoothed = evaluate(trainer, test, args)
     metrics["wall_time_s"] = round(time.perf_counter() - start, 1)
     metrics["device"] = str(trainer.device)

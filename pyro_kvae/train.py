@@ -281,6 +281,7 @@ class Trainer:
     :param bool overwrite: start afresh in a ``run_dir`` that already holds a checkpoint (else
         ``FileExistsError``: an existing run is never replaced by accident).
     :param dict state: a checkpoint to start from (what :meth:`resume` passes).
+    :param callbacks: extra :class:`lightning.Callback` objects for :meth:`fit`.
     """
 
     def __init__(
@@ -293,8 +294,10 @@ class Trainer:
         meta: Optional[dict] = None,
         overwrite: bool = False,
         state: Optional[dict] = None,
+        callbacks=(),
     ):
         self.config, self.run_dir, self.progress = config, run_dir, progress
+        self.callbacks = list(callbacks)
         self.meta = dict(meta or {})
         self.device = check_device(config.device)
         if run_dir is not None and state is None and not overwrite and os.path.exists(self._path(CHECKPOINT)):
@@ -402,7 +405,7 @@ class Trainer:
             gradient_clip_val=c.clip_norm,
             gradient_clip_algorithm="norm",
             logger=self.loggers or False,
-            callbacks=[_RunLog(self)],
+            callbacks=[_RunLog(self), *self.callbacks],
             enable_checkpointing=False,  # _RunLog writes the checkpoint, before the log rows
             enable_progress_bar=self.progress,
             enable_model_summary=False,
@@ -433,12 +436,12 @@ class Trainer:
             return self.history
         self.plan.train_data = train
         self.plan.valid_data = valid if valid is not None and len(valid) else None
-        trainer = self.lightning_trainer(epochs)
         ckpt_path = self.checkpoint_path if self.epoch > 0 else None
         self.plan.train()
         with warnings.catch_warnings(), _lightning_info(self.progress):
             for message in _QUIET:
                 warnings.filterwarnings("ignore", message=message)
+            trainer = self.lightning_trainer(epochs)
             trainer.fit(self.plan, ckpt_path=ckpt_path)
         self._lightning = trainer
         self.model.scale_reconstruction = 1.0
@@ -487,7 +490,14 @@ class Trainer:
 
 #: Lightning's advice that does not apply here (in-memory tensors need no loader workers; the
 #: logs directory is rewritten on purpose)
-_QUIET = (".*does not have many workers.*", ".*Experiment logs directory.*", ".*The number of training batches.*")
+_QUIET = (
+    ".*does not have many workers.*",
+    ".*Experiment logs directory.*",
+    ".*The number of training batches.*",
+    ".*Total length of .* across ranks is zero.*",
+    ".*`weights_only` was not set.*",
+    ".*isinstance\\(treespec, LeafSpec\\)` is deprecated.*",
+)
 
 
 @contextlib.contextmanager

@@ -1,11 +1,12 @@
 # SPDX-License-Identifier: Apache-2.0
 from .explicit import ExplicitStateGuide, ExplicitStateModel
-from .guides import EncoderSmootherPosterior, SmoothingGuide
+from .guides import EncoderMeanGuide, EncoderSmootherPosterior, SmoothingGuide
 from .kvae import KVAE
 from .prior import KalmanPrior, KalmanPriorDistribution, RecursiveFilterResult
 
 __all__ = [
     "KVAE",
+    "EncoderMeanGuide",
     "EncoderSmootherPosterior",
     "ExplicitStateGuide",
     "ExplicitStateModel",

@@ -95,3 +95,25 @@ class SmoothingGuide:
             q = EncoderSmootherPosterior(loc, scale, mask, self.kvae.prior, u)
         with pyro.plate("sequences", x.shape[0]):
             return pyro.sample("a", q)
+
+
+class EncoderMeanGuide:
+    """
+    A point-mass guide ``q(a | x) = delta(a - loc(x))`` at the encoder's means (missing
+    frames are not supported). The ELBO it gives is deterministic, ``log p(x, a = loc)``,
+    which makes it the guide for comparing one computation with another: devices, numbers
+    of processes, precisions. Not a variational posterior to train with for results.
+
+    :param KVAE kvae: the model whose ``encoder`` it uses.
+    """
+
+    def __init__(self, kvae):
+        self.kvae = kvae
+
+    def __call__(self, x, u=None, mask=None):
+        if mask is not None:
+            raise ValueError("EncoderMeanGuide does not support missing frames (mask must be None)")
+        x, u, mask = self.kvae.check_inputs(x, u, mask)
+        loc, _ = self.kvae.encoder(x)
+        with pyro.plate("sequences", x.shape[0]):
+            return pyro.sample("a", dist.Delta(loc.to(x.dtype), event_dim=2))
