@@ -195,9 +195,13 @@ def main(args):
 
     print(json.dumps(metrics, indent=2))
     print(f"outputs in {os.path.abspath(args.run_dir)}:")
-    for name in ["config.json", CHECKPOINT, "metrics.jsonl", "metrics.json"] + [
-        os.path.basename(p) for p in paths.values()
-    ]:
+    for name in [
+        "config.json",
+        CHECKPOINT,
+        "metrics.jsonl",
+        "logs/metrics.csv (Lightning's CSV logger)",
+        "metrics.json",
+    ] + [os.path.basename(p) for p in paths.values()]:
         print(f"  {name}")
 
 

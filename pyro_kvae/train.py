@@ -43,6 +43,7 @@ from pyro.infer import Trace_ELBO
 
 from .config import KVAEConfig, build_kvae, check_device
 from .files import append_jsonl, atomic_write, remove_temporaries, unreadable, write_json, write_jsonl
+from .models.kvae import check_frame_values
 
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.jsonl"
@@ -436,13 +437,23 @@ class Trainer:
             return self.history
         self.plan.train_data = train
         self.plan.valid_data = valid if valid is not None and len(valid) else None
+        for name, data in (("the training data", train), ("the validation data", self.plan.valid_data)):
+            if data is not None:  # once here, so that the steps need no host synchronisation for it
+                try:
+                    check_frame_values(data.x, self.model.likelihood)
+                except ValueError as e:
+                    raise ValueError(f"{name} ({getattr(data, 'path', 'in memory')}): {e}") from None
         ckpt_path = self.checkpoint_path if self.epoch > 0 else None
         self.plan.train()
-        with warnings.catch_warnings(), _lightning_info(self.progress):
-            for message in _QUIET:
-                warnings.filterwarnings("ignore", message=message)
-            trainer = self.lightning_trainer(epochs)
-            trainer.fit(self.plan, ckpt_path=ckpt_path)
+        self.model.check_frames = False
+        try:
+            with warnings.catch_warnings(), _lightning_info(self.progress):
+                for message in _QUIET:
+                    warnings.filterwarnings("ignore", message=message)
+                trainer = self.lightning_trainer(epochs)
+                trainer.fit(self.plan, ckpt_path=ckpt_path)
+        finally:
+            self.model.check_frames = True
         self._lightning = trainer
         self.model.scale_reconstruction = 1.0
         return self.history

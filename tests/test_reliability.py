@@ -379,3 +379,13 @@ def test_empty_and_single_frame_data(tmp_path, capsys):
     args = bouncing_ball.parse_args(["--data", path, "--run-dir", str(tmp_path / "run"), "--frame-size", "16"])
     with pytest.raises(SystemExit, match="holds sequences of T=1 frames; .* needs T >= 5"):
         bouncing_ball.load_data(args)
+
+
+def test_training_data_checked_once_before_training(data_path):
+    """fit checks the whole dataset up front (the steps then skip the per-batch check)."""
+    train = VideoDataset(data_path, "train")
+    train.tensors["x"] = 255 * train.x
+    trainer = Trainer(config(epochs=1), progress=False)
+    with pytest.raises(ValueError, match=r"the training data \(.*box16.npz\): x must be binary .* found 255"):
+        trainer.fit(train)
+    assert trainer.model.check_frames and trainer.epoch == 0

@@ -21,7 +21,7 @@ from .guides import SmoothingGuide
 from .prior import KalmanPrior
 
 
-def _check_frames(x: torch.Tensor, likelihood: str) -> None:
+def check_frame_values(x: torch.Tensor, likelihood: str) -> None:
     """Raises ``ValueError`` unless the frames are finite, and binary for the ``"bernoulli"`` likelihood."""
     if not torch.isfinite(x).all():
         raise ValueError("x must be finite in observed frames (missing frames may hold anything; give a mask)")
@@ -58,6 +58,9 @@ class KVAE(PyroModule):
         frame_distribution(torch.zeros(1), likelihood)  # validates the name
         self.likelihood, self.pixel_var, self.frame_size = likelihood, pixel_var, frame_size
         self.scale_reconstruction = 1.0
+        # checked frames per call; the trainer checks a whole dataset once and turns this off
+        # inside its steps, which then need no host synchronisation for it
+        self.check_frames = True
         self._guide = SmoothingGuide(self)
 
     def check_inputs(self, x, u=None, mask=None):
@@ -83,7 +86,8 @@ class KVAE(PyroModule):
                 got = f"{mask.dtype} {tuple(mask.shape)}" if isinstance(mask, torch.Tensor) else type(mask).__name__
                 raise ValueError(f"mask must be a bool tensor of shape {tuple(x.shape[:2])}, got {got}")
             x = torch.where(mask[..., None, None], x, x.new_zeros(()))
-        _check_frames(x, self.likelihood)
+        if self.check_frames:
+            check_frame_values(x, self.likelihood)
         if u is not None:
             self.prior._check_u(u, x.shape[:2])
         return x, u, mask
