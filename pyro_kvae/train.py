@@ -253,7 +253,7 @@ class _RunLog(lightning.Callback):
             )
         o.history.append(record)
         o.epoch = record["epoch"]
-        trainer.save_checkpoint(o.checkpoint_path)  # every rank calls it; rank 0 writes
+        trainer.save_checkpoint(o.checkpoint_path, weights_only=False)  # every rank calls it; rank 0 writes
         if trainer.is_global_zero and o.run_dir is not None:
             append_jsonl(o._path(METRICS), record)
             for logger in trainer.loggers:
@@ -506,7 +506,6 @@ _QUIET = (
     ".*Experiment logs directory.*",
     ".*The number of training batches.*",
     ".*Total length of .* across ranks is zero.*",
-    ".*`weights_only` was not set.*",
     ".*isinstance\\(treespec, LeafSpec\\)` is deprecated.*",
 )
 
