@@ -41,6 +41,7 @@ from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from pyro.infer import Trace_ELBO
 
+from .bounds import importance_weighted_bound
 from .config import KVAEConfig, build_kvae, check_device
 from .files import append_jsonl, atomic_write, remove_temporaries, unreadable, write_json, write_jsonl
 from .models.kvae import check_frame_values
@@ -375,19 +376,26 @@ class Trainer:
         return self.history[-1]["train_loss"]
 
     @torch.no_grad()
-    def evaluate(self, data, mask=None, batch_size: int = 256) -> float:
+    def evaluate(self, data, mask=None, batch_size: int = 256, num_particles: int = 1) -> float:
         """
         Mean ELBO per sequence on ``data`` with the reconstruction term at full weight
-        (one sample of ``a`` per sequence). ``mask (N, T)`` drops frames.
+        (one sample of ``a`` per sequence), or with ``num_particles = K > 1`` the mean
+        importance-weighted bound ``log (1/K) sum_k p(x, a_k) / q(a_k | x)``, tighter
+        with ``K`` (:func:`pyro_kvae.bounds.importance_weighted_bound`). ``mask (N, T)``
+        drops frames.
         """
         _check_nonempty(data, "the evaluation data")
         self.model.eval()
         self.model.scale_reconstruction = 1.0
         total = 0.0
-        for idx in torch.arange(len(data)).split(batch_size):
+        for idx in torch.arange(len(data)).split(max(1, batch_size // num_particles)):
             x, u = _batch(data, idx, self.device)
             m = None if mask is None else mask[idx].to(self.device)
-            total += -self.elbo.loss(self.model.model, self.guide, x, u, m)
+            if num_particles == 1:
+                total += -self.elbo.loss(self.model.model, self.guide, x, u, m)
+            else:
+                bound = importance_weighted_bound(self.model.model, self.guide, num_particles, x, u, m)
+                total += bound.sum().item()
         return total / len(data)
 
     def lightning_trainer(self, epochs: int) -> lightning.Trainer:

@@ -33,6 +33,10 @@ class EncoderSmootherPosterior(TorchDistribution):
 
     ``gamma_hat`` is a deterministic function of ``a_obs``, so ``log_prob`` is
     exact: ``log p_gamma_hat(a_un | a_obs) = log p_gamma_hat(a) - log p_gamma_hat(a_obs)``.
+
+    Several samples (``rsample(sample_shape)``, or vectorised particles, which
+    :meth:`expand` the batch shape) are independent draws of the whole chain: each
+    has its own encoder noise, its own ``gamma_hat`` and its own conditional sample.
     """
 
     arg_constraints = {}
@@ -52,10 +56,23 @@ class EncoderSmootherPosterior(TorchDistribution):
             alpha = self.prior.filter(a, self.mask, self.u).alpha
         return self.prior.lgssm(alpha, self.u), self.prior.lgssm(alpha, self.u, self.mask)
 
+    def expand(self, batch_shape, _instance=None):
+        batch_shape = torch.Size(batch_shape)
+        u = None if self.u is None else self.u.expand(batch_shape + self.u.shape[-2:])
+        return EncoderSmootherPosterior(
+            self.loc.expand(batch_shape + self.event_shape),
+            self.scale.expand(batch_shape + self.event_shape),
+            self.mask.expand(batch_shape + self.mask.shape[-1:]),
+            self.prior,
+            u,
+            validate_args=False,
+        )
+
     @full_precision
     def rsample(self, sample_shape=torch.Size()):
+        """``sample_shape + (batch, T, dim_a)``"""
         if sample_shape != torch.Size():
-            raise NotImplementedError("draw several samples with pyro.plate (vectorised particles)")
+            return self.expand(torch.Size(sample_shape) + self.batch_shape).rsample()
         encoded = dist.Normal(self.loc, self.scale).rsample()
         alpha = self.prior.filter(encoded, self.mask, self.u).alpha
         lgssm = self.prior.lgssm(alpha, self.u, self.mask)
