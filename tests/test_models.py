@@ -264,3 +264,18 @@ def test_dynamics_networks_only_look_back():
         b[:, 3:] += 1.0  # change the future from t=3 on
         assert torch.equal(net(a)[:, :4], net(b)[:, :4])  # alpha_t uses a_{<t} only
         assert torch.allclose(net(a).sum(-1), torch.ones(2, 6))
+
+
+@pytest.mark.parametrize("learn_noise", [False, True])
+def test_explicit_z_variant_trains_every_parameter_with_pyro_optim(learn_noise):
+    """Parameters used only in methods (mix, Q, R, Sigma0, FixedDynamics.step) reach Pyro's param store."""
+    for dynamics in ("lstm", "fixed"):
+        kvae = tiny_kvae(dynamics, double=False, learn_noise=learn_noise)
+        x = frames(T=5).float()
+        pyro.clear_param_store()
+        svi = SVI(ExplicitStateModel(kvae), ExplicitStateGuide(kvae), pyro.optim.Adam({"lr": 1e-2}), Trace_ELBO())
+        before = {k: v.detach().clone() for k, v in kvae.named_parameters()}
+        svi.step(x)
+        unchanged = [k for k, v in kvae.named_parameters() if torch.equal(before[k], v)]
+        unused = ["prior.dynamics.a0"] if dynamics == "fixed" else []  # constant alpha never reads a_0
+        assert unchanged == unused, (dynamics, unchanged)

@@ -108,3 +108,25 @@ def test_importance_weighted_bound_rises_towards_the_exact_log_likelihood(masked
     # per sequence, averaged over repeats, the bound stays below log p(x) and rises with K
     assert (bounds[100].mean(0) < exact + 1e-3).all()
     assert (bounds[100].mean(0) > bounds[1].mean(0)).all()
+
+
+def test_explicit_state_variant_with_vectorised_particles(masked_batch):
+    from pyro_kvae.models import ExplicitStateGuide, ExplicitStateModel
+
+    kvae, x, _ = masked_batch
+    model, guide = ExplicitStateModel(kvae), ExplicitStateGuide(kvae)
+    pyro.set_rng_seed(5)
+    with torch.no_grad():
+        runs = {
+            vec: torch.tensor(
+                [
+                    Trace_ELBO(num_particles=4, vectorize_particles=vec, max_plate_nesting=1).loss(model, guide, x)
+                    for _ in range(40)
+                ]
+            )  # fmt: skip
+            for vec in (True, False)
+        }
+    se = math.sqrt(runs[True].var() / 40 + runs[False].var() / 40)
+    assert abs(runs[True].mean() - runs[False].mean()) < 4 * se
+    with pytest.raises(ValueError, match="fully observed sequences only"):
+        guide(x, None, torch.ones(3, 8, dtype=torch.bool))

@@ -14,7 +14,10 @@ ELBO estimator of eq. (7)::
 
 Since ``p(a, z) / p(z | a) = p(a)`` for every ``z``, each sample of this
 estimator equals the one of ``KVAE.model`` + ``KVAE.guide`` given the same ``a``
-(``tests/test_models.py`` checks this). Fully observed sequences only.
+(``tests/test_models.py`` checks this). Both support vectorised particles
+(``Trace_ELBO(num_particles=K, vectorize_particles=True)``). Fully observed
+sequences only: with missing frames the missing ``a_t`` would need per-step guide
+sites drawn after ``z``, which this formulation does not have yet.
 """
 
 import pyro
@@ -43,21 +46,21 @@ class ExplicitStateModel:
         x, u, _ = kvae.check_inputs(x, u)
         N, T = x.shape[:2]
         with pyro.plate("sequences", N):
-            a_prev = prior.dynamics.a0.expand(N, prior.dim_a)
-            state = prior.dynamics.init_state((N,))
-            z, a = None, []
+            z, a, state = None, [], None
             for t in pyro.markov(range(T)):
+                if t == 0:
+                    z = pyro.sample("z_0", dist.MultivariateNormal(prior.mu0.expand(N, -1), prior.Sigma0))
+                    # the samples' batch shape: (batch,), or (particles, batch) with vectorised particles
+                    a_prev = prior.dynamics.a0.expand(z.shape[:-1] + (prior.dim_a,))
+                    state = prior.dynamics.init_state(z.shape[:-1])
                 alpha, state = prior.dynamics.step(a_prev, state)
                 A, B, C = prior.mix(alpha)
-                if t == 0:
-                    pz = dist.MultivariateNormal(prior.mu0.expand(N, -1), prior.Sigma0)
-                else:
+                if t > 0:
                     loc = _mv(A, z) if u is None else _mv(A, z) + _mv(B, u[:, t])
-                    pz = dist.MultivariateNormal(loc, prior.Q)
-                z = pyro.sample(f"z_{t}", pz)
+                    z = pyro.sample(f"z_{t}", dist.MultivariateNormal(loc, prior.Q))
                 a_prev = pyro.sample(f"a_{t}", dist.MultivariateNormal(_mv(C, z), prior.R))
                 a.append(a_prev)
-            a = torch.stack(a, 1)
+            a = torch.stack(a, -2)
             px = frame_distribution(kvae.decoder(a), kvae.likelihood, kvae.pixel_var)
             with poutine.scale(scale=kvae.scale_reconstruction):
                 pyro.sample("x", px.to_event(3), obs=x)
@@ -78,16 +81,20 @@ class ExplicitStateGuide:
         N, T = x.shape[:2]
         loc, scale = kvae.encoder(x)
         with pyro.plate("sequences", N):
-            a = torch.stack(
-                [pyro.sample(f"a_{t}", dist.Normal(loc[:, t], scale[:, t]).to_event(1)) for t in range(T)], 1
-            )
+            a = [pyro.sample(f"a_{t}", dist.Normal(loc[:, t], scale[:, t]).to_event(1)) for t in range(T)]
+            a = torch.stack(a, -2)  # (batch, T, dim_a), or (particles, batch, T, dim_a)
             A, B, C = prior.mix(prior.dynamics(a))
             b = None if u is None else _mv(B, u)
             f = kalman_filter(a, A, C, prior.Q, prior.R, prior.mu0, prior.Sigma0, b=b)
-            z = pyro.sample(f"z_{T - 1}", dist.MultivariateNormal(f.filt_mean[:, -1], f.filt_cov[:, -1]))
+            z = pyro.sample(f"z_{T - 1}", dist.MultivariateNormal(f.filt_mean[..., -1, :], f.filt_cov[..., -1, :, :]))
             for t in range(T - 2, -1, -1):
                 mean, cov = backward_conditional(
-                    f.filt_mean[:, t], f.filt_cov[:, t], f.pred_mean[:, t + 1], f.pred_cov[:, t + 1], A[:, t + 1], z
+                    f.filt_mean[..., t, :],
+                    f.filt_cov[..., t, :, :],
+                    f.pred_mean[..., t + 1, :],
+                    f.pred_cov[..., t + 1, :, :],
+                    A[..., t + 1, :, :],
+                    z,
                 )
                 z = pyro.sample(f"z_{t}", dist.MultivariateNormal(mean, cov))
         return a

@@ -16,7 +16,7 @@ from typing import NamedTuple
 
 import torch
 from pyro.distributions import TorchDistribution, constraints
-from pyro.nn import PyroModule
+from pyro.nn import PyroModule, pyro_method
 from torch import nn
 
 from ..distributions import LinearGaussianSSM
@@ -80,20 +80,24 @@ class KalmanPrior(PyroModule):
             self.register_buffer("log_var", log_vars)
 
     @property
+    @pyro_method
     def Q(self):
         """``(dim_z, dim_z)``"""
         return self.log_var[0].exp() * torch.eye(self.dim_z, device=self.A.device, dtype=self.A.dtype)
 
     @property
+    @pyro_method
     def R(self):
         """``(dim_a, dim_a)``"""
         return self.log_var[1].exp() * torch.eye(self.dim_a, device=self.A.device, dtype=self.A.dtype)
 
     @property
+    @pyro_method
     def Sigma0(self):
         """``(dim_z, dim_z)``"""
         return self.log_var[2].exp() * torch.eye(self.dim_z, device=self.A.device, dtype=self.A.dtype)
 
+    @pyro_method
     def mix(self, alpha):
         """
         Eq. (9): ``alpha (..., K)`` -> ``A_t (..., dim_z, dim_z)``, ``B_t (..., dim_z, dim_u)``,

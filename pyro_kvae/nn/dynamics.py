@@ -14,7 +14,7 @@ summing to one over ``K``, where ``alpha_t`` depends only on encodings before
 """
 
 import torch
-from pyro.nn import PyroModule
+from pyro.nn import PyroModule, pyro_method
 from torch import nn
 
 
@@ -104,5 +104,6 @@ class FixedDynamics(DynamicsNetwork):
         self._check(a)
         return torch.softmax(self.logits, -1).expand(a.shape[:-1] + (self.K,))
 
+    @pyro_method
     def step(self, a_prev, state):
         return torch.softmax(self.logits, -1).expand(a_prev.shape[:-1] + (self.K,)), state
