@@ -13,7 +13,7 @@ from typing import Tuple
 import torch
 
 from .models import KVAE, KalmanPrior
-from .nn import ConvDecoder, ConvEncoder, FixedDynamics, LSTMDynamics, MLPDecoder, MLPDynamics, MLPEncoder
+from .nn import ConvDecoder, ConvEncoder, FixedDynamics, GRUDynamics, LSTMDynamics, MLPDecoder, MLPDynamics, MLPEncoder
 
 PRECISIONS = ("32", "64", "bf16-mixed", "16-mixed")
 
@@ -50,13 +50,14 @@ class KVAEConfig:
     vae: str = "conv"  # or "mlp"
     conv_filters: Tuple[int, ...] = (32, 32, 32)
     mlp_hidden: Tuple[int, ...] = (25, 25)
-    dynamics: str = "lstm"  # "lstm", "mlp" (on a_{t-1}) or "fixed" (plain LGSSM)
+    dynamics: str = "lstm"  # "lstm", "gru", "mlp" (on a_{t-1}) or "fixed" (plain LGSSM)
     dynamics_hidden: int = 50
     Q: float = 0.08  # transition noise variance
     R: float = 0.03  # emission noise variance; also caps the encoder variance
     Sigma0: float = 20.0  # variance of z_1
     init_std: float = 0.05  # std of the initial B^k, C^k
     learn_noise: bool = False
+    full_noise: bool = False  # learned noise as full covariance matrices (with learn_noise)
     # training
     epochs: int = 80
     batch_size: int = 32
@@ -81,7 +82,7 @@ class KVAEConfig:
         choices = {
             "likelihood": ("bernoulli", "gaussian"),
             "vae": ("conv", "mlp"),
-            "dynamics": ("lstm", "mlp", "fixed"),
+            "dynamics": ("lstm", "gru", "mlp", "fixed"),
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
@@ -107,6 +108,8 @@ class KVAEConfig:
                 raise ConfigError(name, f"must be positive, got {getattr(self, name)!r}")
         if self.init_std < 0:
             raise ConfigError("init_std", f"must be non-negative, got {self.init_std!r}")
+        if self.full_noise and not self.learn_noise:
+            raise ConfigError("full_noise", "needs learn_noise (fixed noise is isotropic)")
         if not 0.0 < self.lr_decay <= 1.0:
             raise ConfigError("lr_decay", f"must be in (0, 1], got {self.lr_decay!r}")
         if not 0.0 <= self.train_miss_prob < 1.0:
@@ -147,9 +150,11 @@ def build_kvae(config: KVAEConfig) -> KVAE:
         decoder = MLPDecoder(c.frame_size, c.dim_a, c.mlp_hidden)
     if c.dynamics == "lstm" and c.K > 1:
         dynamics = LSTMDynamics(c.dim_a, c.K, c.dynamics_hidden)
+    elif c.dynamics == "gru" and c.K > 1:
+        dynamics = GRUDynamics(c.dim_a, c.K, c.dynamics_hidden)
     elif c.dynamics == "mlp" and c.K > 1:
         dynamics = MLPDynamics(c.dim_a, c.K, (c.dynamics_hidden, c.dynamics_hidden))
     else:
         dynamics = FixedDynamics(c.dim_a, c.K)
-    prior = KalmanPrior(dynamics, c.dim_z, c.dim_u, c.Q, c.R, c.Sigma0, c.init_std, c.learn_noise)
+    prior = KalmanPrior(dynamics, c.dim_z, c.dim_u, c.Q, c.R, c.Sigma0, c.init_std, c.learn_noise, c.full_noise)
     return KVAE(encoder, decoder, prior, c.likelihood, c.pixel_var, c.frame_size)

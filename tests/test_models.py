@@ -33,11 +33,16 @@ def frames(N=3, T=5, size=4, seed=0):
     return (torch.rand(N, T, size, size, generator=g) > 0.7).double()
 
 
-@pytest.mark.parametrize("dynamics", ["lstm", "mlp", "fixed"])
+@pytest.mark.parametrize("dynamics", ["lstm", "gru", "mlp", "fixed", "lstm, full noise"])
 @pytest.mark.parametrize("dim_u", [0, 1])
 def test_prior_log_prob_equals_hand_computed(dynamics, dim_u):
-    kvae = tiny_kvae(dynamics, dim_u)
+    full = dynamics.endswith("full noise")
+    kvae = tiny_kvae(dynamics.split(",")[0], dim_u, learn_noise=full, full_noise=full)
     prior = kvae.prior
+    if full:  # learned full covariances: move the factors away from their isotropic start
+        with torch.no_grad():
+            for name in ("Q_tril", "R_tril", "Sigma0_tril"):
+                getattr(prior, name).add_(0.3 * torch.randn_like(getattr(prior, name)))
     N, T = 3, 6
     a = torch.randn(N, T, 2, dtype=torch.float64)
     u = torch.randn(N, T, dim_u, dtype=torch.float64) if dim_u else None
@@ -52,8 +57,13 @@ def test_prior_log_prob_equals_hand_computed(dynamics, dim_u):
         a_prev = a[:, t]
     alpha = torch.stack(alphas, 1)  # (N, T, K)
     assert torch.allclose(alpha.sum(-1), torch.ones(N, T, dtype=torch.float64))
-    assert torch.allclose(prior.Q, 0.08 * torch.eye(4, dtype=torch.float64))
-    assert torch.allclose(prior.Sigma0, 20 * torch.eye(4, dtype=torch.float64))
+    if full:
+        for M in (prior.Q, prior.R, prior.Sigma0):
+            assert (M - torch.diag(M.diagonal())).abs().max() > 1e-3  # not diagonal
+            assert torch.allclose(M, M.mT) and (torch.linalg.eigvalsh(M) > 0).all()
+    else:
+        assert torch.allclose(prior.Q, 0.08 * torch.eye(4, dtype=torch.float64))
+        assert torch.allclose(prior.Sigma0, 20 * torch.eye(4, dtype=torch.float64))
     for i in range(N):
         A = sum(alpha[i, :, k, None, None] * prior.A[k] for k in range(prior.K))
         C = sum(alpha[i, :, k, None, None] * prior.C[k] for k in range(prior.K))
@@ -244,7 +254,7 @@ def test_bad_inputs():
     with pytest.raises(ValueError, match=r"u must be given, with shape \(batch, T, 1\)"):
         tiny_kvae("lstm", dim_u=1).model(x)
     with pytest.raises(ValueError, match="dynamics must be one of"):
-        KVAEConfig(dynamics="gru")
+        KVAEConfig(dynamics="transformer")
     with pytest.raises(TypeError, match="dynamics must be a DynamicsNetwork"):
         KalmanPrior(torch.nn.LSTM(2, 3))
     # missing frames may hold NaN
@@ -266,11 +276,11 @@ def test_dynamics_networks_only_look_back():
         assert torch.allclose(net(a).sum(-1), torch.ones(2, 6))
 
 
-@pytest.mark.parametrize("learn_noise", [False, True])
-def test_explicit_z_variant_trains_every_parameter_with_pyro_optim(learn_noise):
+@pytest.mark.parametrize("noise", ["fixed", "isotropic", "full"])
+def test_explicit_z_variant_trains_every_parameter_with_pyro_optim(noise):
     """Parameters used only in methods (mix, Q, R, Sigma0, FixedDynamics.step) reach Pyro's param store."""
-    for dynamics in ("lstm", "fixed"):
-        kvae = tiny_kvae(dynamics, double=False, learn_noise=learn_noise)
+    for dynamics in ("lstm", "gru", "fixed"):
+        kvae = tiny_kvae(dynamics, double=False, learn_noise=noise != "fixed", full_noise=noise == "full")
         x = frames(T=5).float()
         pyro.clear_param_store()
         svi = SVI(ExplicitStateModel(kvae), ExplicitStateGuide(kvae), pyro.optim.Adam({"lr": 1e-2}), Trace_ELBO())

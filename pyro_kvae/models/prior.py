@@ -50,6 +50,9 @@ class KalmanPrior(PyroModule):
     :param float Sigma0: initial state variance (``z_1 ~ N(0, s I)``); reference 20.
     :param float init_std: std of the random initial ``B^k`` and ``C^k`` (``A^k`` start at I).
     :param bool learn_noise: learn ``Q``, ``R``, ``Sigma0`` (isotropic) instead of fixing them.
+    :param bool full_noise: learn them as full covariance matrices, each ``L L^T`` with a
+        lower-triangular ``L`` whose diagonal is stored as its log (needs ``learn_noise``);
+        they start at the isotropic values above.
     """
 
     def __init__(
@@ -62,6 +65,7 @@ class KalmanPrior(PyroModule):
         Sigma0: float = 20.0,
         init_std: float = 0.05,
         learn_noise: bool = False,
+        full_noise: bool = False,
     ):
         super().__init__()
         if not isinstance(dynamics, DynamicsNetwork):
@@ -74,28 +78,45 @@ class KalmanPrior(PyroModule):
         self.C = nn.Parameter(init_std * torch.randn(K, dim_a, dim_z))
         self.register_buffer("mu0", torch.zeros(dim_z))
         log_vars = torch.tensor([Q, R, Sigma0]).log()
-        if learn_noise:
+        if full_noise and not learn_noise:
+            raise ValueError("full_noise=True needs learn_noise=True (fixed noise is isotropic)")
+        self.full_noise = full_noise
+        if full_noise:  # raw lower-triangular factors, log of the diagonal
+            for name, size, log_var in (
+                ("Q", dim_z, log_vars[0]),
+                ("R", dim_a, log_vars[1]),
+                ("Sigma0", dim_z, log_vars[2]),
+            ):
+                setattr(self, f"{name}_tril", nn.Parameter(0.5 * log_var * torch.eye(size)))
+        elif learn_noise:
             self.log_var = nn.Parameter(log_vars)
         else:
             self.register_buffer("log_var", log_vars)
+
+    def _noise(self, index: int, name: str, size: int):
+        if self.full_noise:
+            raw = getattr(self, f"{name}_tril")
+            L = raw.tril(-1) + torch.diag_embed(raw.diagonal().exp())
+            return L @ L.mT
+        return self.log_var[index].exp() * torch.eye(size, device=self.A.device, dtype=self.A.dtype)
 
     @property
     @pyro_method
     def Q(self):
         """``(dim_z, dim_z)``"""
-        return self.log_var[0].exp() * torch.eye(self.dim_z, device=self.A.device, dtype=self.A.dtype)
+        return self._noise(0, "Q", self.dim_z)
 
     @property
     @pyro_method
     def R(self):
         """``(dim_a, dim_a)``"""
-        return self.log_var[1].exp() * torch.eye(self.dim_a, device=self.A.device, dtype=self.A.dtype)
+        return self._noise(1, "R", self.dim_a)
 
     @property
     @pyro_method
     def Sigma0(self):
         """``(dim_z, dim_z)``"""
-        return self.log_var[2].exp() * torch.eye(self.dim_z, device=self.A.device, dtype=self.A.dtype)
+        return self._noise(2, "Sigma0", self.dim_z)
 
     @pyro_method
     def mix(self, alpha):

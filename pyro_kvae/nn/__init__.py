@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: Apache-2.0
-from .dynamics import DynamicsNetwork, FixedDynamics, LSTMDynamics, MLPDynamics
+from .dynamics import DynamicsNetwork, FixedDynamics, GRUDynamics, LSTMDynamics, MLPDynamics, RNNDynamics
 from .vae import ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder, frame_distribution
 
 __all__ = [
@@ -7,9 +7,11 @@ __all__ = [
     "ConvEncoder",
     "DynamicsNetwork",
     "FixedDynamics",
+    "GRUDynamics",
     "LSTMDynamics",
     "MLPDecoder",
     "MLPDynamics",
     "MLPEncoder",
+    "RNNDynamics",
     "frame_distribution",
 ]

@@ -40,12 +40,16 @@ class DynamicsNetwork(PyroModule):
             raise ValueError(f"a must have shape (batch, T, {self.dim_a}), got {tuple(a.shape)}")
 
 
-class LSTMDynamics(DynamicsNetwork):
-    """``d_t = LSTM(a_{t-1}, d_{t-1})``, ``alpha_t = softmax(Linear(d_t))`` (the paper's default, 50 units)."""
+class RNNDynamics(DynamicsNetwork):
+    """``d_t = RNN(a_{t-1}, d_{t-1})``, ``alpha_t = softmax(Linear(d_t))`` with ``cell`` ``"lstm"`` or ``"gru"``."""
 
-    def __init__(self, dim_a=2, K=3, hidden=50):
+    CELLS = {"lstm": nn.LSTM, "gru": nn.GRU}
+
+    def __init__(self, dim_a=2, K=3, hidden=50, cell="lstm"):
         super().__init__(dim_a, K)
-        self.lstm = nn.LSTM(dim_a, hidden, batch_first=True)
+        if cell not in self.CELLS:
+            raise ValueError(f"cell must be one of {sorted(self.CELLS)}, got {cell!r}")
+        self.rnn = self.CELLS[cell](dim_a, hidden, batch_first=True)
         self.out = nn.Linear(hidden, K)
 
     def forward(self, a):
@@ -53,20 +57,33 @@ class LSTMDynamics(DynamicsNetwork):
         self._check(a)
         x = self.shifted(a)
         batch = x.shape[:-2]
-        h, _ = self.lstm(x.reshape((-1,) + x.shape[-2:]))
+        h, _ = self.rnn(x.reshape((-1,) + x.shape[-2:]))
         return torch.softmax(self.out(h), -1).reshape(batch + (x.size(-2), self.K))
 
     def init_state(self, batch_shape):
-        n = self.lstm.hidden_size
-        zero = self.a0.new_zeros((1, torch.Size(batch_shape).numel(), n))
-        return (zero, zero)
+        zero = self.a0.new_zeros((1, torch.Size(batch_shape).numel(), self.rnn.hidden_size))
+        return (zero, zero) if isinstance(self.rnn, nn.LSTM) else zero
 
     def step(self, a_prev, state):
         """``a_prev (batch, dim_a)`` -> ``alpha_t (batch, K)``, new state."""
         if state is None:
             raise ValueError("state must come from init_state(batch_shape)")
-        h, state = self.lstm(a_prev.reshape(-1, 1, self.dim_a), state)
+        h, state = self.rnn(a_prev.reshape(-1, 1, self.dim_a), state)
         return torch.softmax(self.out(h[:, 0]), -1).reshape(a_prev.shape[:-1] + (self.K,)), state
+
+
+class LSTMDynamics(RNNDynamics):
+    """``d_t = LSTM(a_{t-1}, d_{t-1})``, ``alpha_t = softmax(Linear(d_t))`` (the paper's default, 50 units)."""
+
+    def __init__(self, dim_a=2, K=3, hidden=50):
+        super().__init__(dim_a, K, hidden, cell="lstm")
+
+
+class GRUDynamics(RNNDynamics):
+    """The same with a GRU cell."""
+
+    def __init__(self, dim_a=2, K=3, hidden=50):
+        super().__init__(dim_a, K, hidden, cell="gru")
 
 
 class MLPDynamics(DynamicsNetwork):
