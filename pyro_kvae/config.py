@@ -14,6 +14,7 @@ import torch
 
 from .models import KVAE, KalmanPrior
 from .nn import ConvDecoder, ConvEncoder, FixedDynamics, GRUDynamics, LSTMDynamics, MLPDecoder, MLPDynamics, MLPEncoder
+from .nn.vae import LIKELIHOODS, PIXEL_VAR_FLOOR
 
 PRECISIONS = ("32", "64", "bf16-mixed", "16-mixed")
 
@@ -38,14 +39,16 @@ def check_device(device) -> torch.device:
 
 @dataclass
 class KVAEConfig:
-    # data
+    # data: frames (H, W) = (frame_size, frame_width or frame_size), with channels > 1 (C, H, W)
     frame_size: int = 32
+    frame_width: int = 0  # 0: square frames
+    channels: int = 1
     # model (paper section 5.1)
     dim_a: int = 2
     dim_z: int = 4
     dim_u: int = 0
     K: int = 3
-    likelihood: str = "bernoulli"  # or "gaussian"
+    likelihood: str = "bernoulli"  # "continuous_bernoulli", "gaussian" or "gaussian_learned"
     pixel_var: float = 0.1  # gaussian likelihood only
     vae: str = "conv"  # or "mlp"
     conv_filters: Tuple[int, ...] = (32, 32, 32)
@@ -80,7 +83,7 @@ class KVAEConfig:
     def __post_init__(self):
         self.conv_filters, self.mlp_hidden = tuple(self.conv_filters), tuple(self.mlp_hidden)
         choices = {
-            "likelihood": ("bernoulli", "gaussian"),
+            "likelihood": LIKELIHOODS,
             "vae": ("conv", "mlp"),
             "dynamics": ("lstm", "gru", "mlp", "fixed"),
         }
@@ -97,9 +100,9 @@ class KVAEConfig:
                 raise ConfigError(f.name, f"must be a number, got {value!r}")
             if kind is float and not math.isfinite(value):
                 raise ConfigError(f.name, f"must be finite, got {value!r}")
-        at_least = dict(frame_size=1, dim_a=1, dim_z=1, dim_u=0, K=1, dynamics_hidden=1, epochs=1, batch_size=1,
-                        lr_decay_every=1, kf_update_epochs=0, t_init_train_miss=0, seed=0, devices=1,
-                        num_nodes=1)  # fmt: skip
+        at_least = dict(frame_size=1, frame_width=0, channels=1, dim_a=1, dim_z=1, dim_u=0, K=1, dynamics_hidden=1,
+                        epochs=1, batch_size=1, lr_decay_every=1, kf_update_epochs=0, t_init_train_miss=0, seed=0,
+                        devices=1, num_nodes=1)  # fmt: skip
         for name, low in at_least.items():
             if getattr(self, name) < low:
                 raise ConfigError(name, f"must be at least {low}, got {getattr(self, name)!r}")
@@ -108,6 +111,8 @@ class KVAEConfig:
                 raise ConfigError(name, f"must be positive, got {getattr(self, name)!r}")
         if self.init_std < 0:
             raise ConfigError("init_std", f"must be non-negative, got {self.init_std!r}")
+        if self.likelihood == "gaussian_learned" and self.pixel_var <= PIXEL_VAR_FLOOR:
+            raise ConfigError("pixel_var", f"must exceed the learned variance's floor {PIXEL_VAR_FLOOR}")
         if self.full_noise and not self.learn_noise:
             raise ConfigError("full_noise", "needs learn_noise (fixed noise is isotropic)")
         if not 0.0 < self.lr_decay <= 1.0:
@@ -127,6 +132,12 @@ class KVAEConfig:
                 "device", f"must be a torch device such as 'cpu' or 'cuda', got {self.device!r}"
             ) from None
 
+    @property
+    def frame_shape(self) -> Tuple[int, ...]:
+        """``(H, W)``, or ``(C, H, W)`` with several channels."""
+        hw = (self.frame_size, self.frame_width or self.frame_size)
+        return hw if self.channels == 1 else (self.channels,) + hw
+
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
@@ -143,11 +154,11 @@ def build_kvae(config: KVAEConfig) -> KVAE:
     """The :class:`~pyro_kvae.models.KVAE` described by ``config`` (on the CPU; move it with ``.to``)."""
     c = config
     if c.vae == "conv":
-        encoder = ConvEncoder(c.frame_size, c.dim_a, c.conv_filters, max_var=c.R)
-        decoder = ConvDecoder(c.frame_size, c.dim_a, c.conv_filters)
+        encoder = ConvEncoder(c.frame_shape, c.dim_a, c.conv_filters, max_var=c.R)
+        decoder = ConvDecoder(c.frame_shape, c.dim_a, c.conv_filters)
     else:
-        encoder = MLPEncoder(c.frame_size, c.dim_a, c.mlp_hidden, max_var=c.R)
-        decoder = MLPDecoder(c.frame_size, c.dim_a, c.mlp_hidden)
+        encoder = MLPEncoder(c.frame_shape, c.dim_a, c.mlp_hidden, max_var=c.R)
+        decoder = MLPDecoder(c.frame_shape, c.dim_a, c.mlp_hidden)
     if c.dynamics == "lstm" and c.K > 1:
         dynamics = LSTMDynamics(c.dim_a, c.K, c.dynamics_hidden)
     elif c.dynamics == "gru" and c.K > 1:
@@ -157,4 +168,4 @@ def build_kvae(config: KVAEConfig) -> KVAE:
     else:
         dynamics = FixedDynamics(c.dim_a, c.K)
     prior = KalmanPrior(dynamics, c.dim_z, c.dim_u, c.Q, c.R, c.Sigma0, c.init_std, c.learn_noise, c.full_noise)
-    return KVAE(encoder, decoder, prior, c.likelihood, c.pixel_var, c.frame_size)
+    return KVAE(encoder, decoder, prior, c.likelihood, c.pixel_var, c.frame_shape)

@@ -13,7 +13,6 @@ from typing import NamedTuple
 
 import torch
 
-from .nn.vae import frame_distribution
 from .ops.kalman import rts_smoother
 
 
@@ -56,7 +55,7 @@ def impute(kvae, x, mask=None, u=None, smooth: bool = True, sample: bool = False
         z_mean, z_cov = r.filtered.filt_mean, r.filtered.filt_cov
     a_est = (C @ z_mean.unsqueeze(-1)).squeeze(-1)
     a = torch.where(mask.unsqueeze(-1), a_obs, a_est)
-    x_hat = frame_distribution(kvae.decoder(a), kvae.likelihood, kvae.pixel_var).mean
+    x_hat = kvae.frame_distribution(kvae.decoder(a)).mean
     return Imputation(a, x_hat, r.alpha, z_mean, z_cov)
 
 
@@ -80,6 +79,6 @@ def pixel_error(x_hat, x, mask) -> torch.Tensor:
     thresholded at 0.5 against binary ``x``; averaged over the frames where ``mask`` is False.
     Returns a scalar tensor (NaN if no frame is missing).
     """
-    wrong = ((x_hat > 0.5) != (x > 0.5)).float().mean((-1, -2))  # (batch, T)
+    wrong = ((x_hat > 0.5) != (x > 0.5)).float().flatten(2).mean(-1)  # (batch, T)
     missing = ~mask
     return wrong[missing].mean()

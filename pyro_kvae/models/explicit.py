@@ -25,7 +25,6 @@ import pyro.distributions as dist
 import torch
 from pyro import poutine
 
-from ..nn.vae import frame_distribution
 from ..ops.kalman import backward_conditional, kalman_filter
 
 
@@ -61,9 +60,9 @@ class ExplicitStateModel:
                 a_prev = pyro.sample(f"a_{t}", dist.MultivariateNormal(_mv(C, z), prior.R))
                 a.append(a_prev)
             a = torch.stack(a, -2)
-            px = frame_distribution(kvae.decoder(a), kvae.likelihood, kvae.pixel_var)
+            px = kvae.frame_distribution(kvae.decoder(a))
             with poutine.scale(scale=kvae.scale_reconstruction):
-                pyro.sample("x", px.to_event(3), obs=x)
+                pyro.sample("x", px.to_event(1 + len(kvae.frame_shape)), obs=x)
         return a
 
 

@@ -10,21 +10,30 @@ Use with any guide for ``"a"``, e.g. the default :meth:`KVAE.guide`::
     svi = SVI(kvae.model, kvae.guide, Adam({"lr": 7e-3}), Trace_ELBO())
 """
 
+import math
+
 import pyro
 import torch
 from pyro import poutine
-from pyro.nn import PyroModule
+from pyro.nn import PyroModule, pyro_method
 from pyro.nn.module import to_pyro_module_
+from torch import nn
 
-from ..nn.vae import frame_distribution
+from ..nn.vae import PIXEL_VAR_FLOOR, frame_distribution, frame_shape
 from .guides import SmoothingGuide
 from .prior import KalmanPrior
 
 
 def check_frame_values(x: torch.Tensor, likelihood: str) -> None:
-    """Raises ``ValueError`` unless the frames are finite, and binary for the ``"bernoulli"`` likelihood."""
+    """Raises ``ValueError`` unless the frames are finite, binary for the ``"bernoulli"``
+    likelihood and in [0, 1] for ``"continuous_bernoulli"``."""
     if not torch.isfinite(x).all():
         raise ValueError("x must be finite in observed frames (missing frames may hold anything; give a mask)")
+    if likelihood == "continuous_bernoulli" and x.numel() and (x.min() < 0 or x.max() > 1):
+        hint = ": scale 8-bit frames by 1/255" if x.max() > 1 else ""
+        raise ValueError(
+            f"x must lie in [0, 1] for the continuous Bernoulli likelihood, got {x.min():g} to {x.max():g}{hint}"
+        )
     if likelihood == "bernoulli":
         bad = (x != 0) & (x != 1)
         if bad.any():
@@ -32,18 +41,21 @@ def check_frame_values(x: torch.Tensor, likelihood: str) -> None:
             hint = "scale 8-bit frames by 1/255 and " if x.max() > 1 else ""
             raise ValueError(
                 f"x must be binary (0 or 1) for the Bernoulli likelihood, found {value:g}: {hint}"
-                "threshold the frames (x > 0.5), or use likelihood='gaussian' (--likelihood gaussian)"
+                "threshold the frames (x > 0.5), or use likelihood='continuous_bernoulli' or 'gaussian' (--likelihood)"
             )
 
 
 class KVAE(PyroModule):
     """
-    :param encoder: module ``x (..., H, W) -> (loc, scale) (..., dim_a)``.
-    :param decoder: module ``a (..., dim_a) -> (..., H, W)`` logits or means.
+    :param encoder: module ``x (..., *frame_shape) -> (loc, scale) (..., dim_a)``.
+    :param decoder: module ``a (..., dim_a) -> (..., *frame_shape)`` logits or means.
     :param KalmanPrior prior: the LGSSM prior with its dynamics network.
-    :param str likelihood: ``"bernoulli"`` (binary frames) or ``"gaussian"``.
-    :param float pixel_var: Gaussian pixel variance (reference: 0.1).
-    :param int frame_size: ``H == W`` of the frames.
+    :param str likelihood: ``"bernoulli"`` (binary frames), ``"continuous_bernoulli"`` (frames
+        in [0, 1]), ``"gaussian"`` (fixed variance) or ``"gaussian_learned"`` (a learned
+        variance per pixel, at least :data:`~pyro_kvae.nn.vae.PIXEL_VAR_FLOOR`).
+    :param float pixel_var: Gaussian pixel variance (reference: 0.1); the learned one starts there.
+    :param frame_size: the frame shape ``frame_shape``: ``H == W`` as an int, ``(H, W)``, or
+        ``(C, H, W)`` for several channels. Frames are ``x (batch, T, *frame_shape)``.
 
     ``scale_reconstruction`` weights ``log p(x | a)`` in :meth:`model` (the
     reference trains with 0.3 and reports the ELBO with 1.0, the default here).
@@ -56,7 +68,10 @@ class KVAE(PyroModule):
         # that every parameter reaches Pyro's param store and SVI with a pyro.optim optimiser
         to_pyro_module_(self)
         frame_distribution(torch.zeros(1), likelihood)  # validates the name
-        self.likelihood, self.pixel_var, self.frame_size = likelihood, pixel_var, frame_size
+        self.likelihood, self.pixel_var = likelihood, pixel_var
+        self.frame_shape = frame_shape(frame_size)
+        if likelihood == "gaussian_learned":
+            self.pixel_log_var = nn.Parameter(torch.full(self.frame_shape, math.log(pixel_var - PIXEL_VAR_FLOOR)))
         self.scale_reconstruction = 1.0
         # checked frames per call; the trainer checks a whole dataset once and turns this off
         # inside its steps, which then need no host synchronisation for it
@@ -65,7 +80,7 @@ class KVAE(PyroModule):
 
     def check_inputs(self, x, u=None, mask=None):
         """
-        Validates ``x (batch, T, H, W)``, ``u (batch, T, dim_u)``, ``mask (batch, T)`` and
+        Validates ``x (batch, T, *frame_shape)``, ``u (batch, T, dim_u)``, ``mask (batch, T)`` and
         returns them with ``x`` in the model's dtype and missing frames of ``x`` set to zero
         (they may hold anything).
 
@@ -74,18 +89,18 @@ class KVAE(PyroModule):
         frames, and a wrong scale (0..255) or grey frames would otherwise train silently on
         a meaningless loss.
         """
-        s = self.frame_size
+        shape = f"(batch, T, {', '.join(str(n) for n in self.frame_shape)})"
         if not isinstance(x, torch.Tensor) or not x.is_floating_point():
             got = f"dtype {x.dtype}" if isinstance(x, torch.Tensor) else type(x).__name__
-            raise TypeError(f"x must be a floating point tensor of shape (batch, T, {s}, {s}), got {got}")
-        if x.dim() != 4 or x.shape[-2:] != (s, s):
-            raise ValueError(f"x must have shape (batch, T, {s}, {s}), got {tuple(x.shape)}")
+            raise TypeError(f"x must be a floating point tensor of shape {shape}, got {got}")
+        if x.dim() != 2 + len(self.frame_shape) or x.shape[2:] != self.frame_shape:
+            raise ValueError(f"x must have shape {shape}, got {tuple(x.shape)}")
         x = x.to(self.prior.A.dtype)
         if mask is not None:
             if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool or mask.shape != x.shape[:2]:
                 got = f"{mask.dtype} {tuple(mask.shape)}" if isinstance(mask, torch.Tensor) else type(mask).__name__
                 raise ValueError(f"mask must be a bool tensor of shape {tuple(x.shape[:2])}, got {got}")
-            x = torch.where(mask[..., None, None], x, x.new_zeros(()))
+            x = torch.where(self.frame_mask(mask), x, x.new_zeros(()))
         if self.check_frames:
             check_frame_values(x, self.likelihood)
         if u is not None:
@@ -94,7 +109,7 @@ class KVAE(PyroModule):
 
     def model(self, x, u=None, mask=None):
         """
-        :param torch.Tensor x: frames ``(batch, T, H, W)``; missing frames may hold anything.
+        :param torch.Tensor x: frames ``(batch, T, *frame_shape)``; missing frames may hold anything.
         :param torch.Tensor u: controls ``(batch, T, dim_u)`` (if the prior has ``dim_u > 0``).
         :param torch.Tensor mask: bool ``(batch, T)``, True where the frame is observed.
         :returns: the sampled ``a (batch, T, dim_a)``.
@@ -103,12 +118,28 @@ class KVAE(PyroModule):
         N, T = x.shape[:2]
         with pyro.plate("sequences", N):
             a = pyro.sample("a", self.prior.distribution((N,), T, u))
-            px = frame_distribution(self.decoder(a).to(x.dtype), self.likelihood, self.pixel_var)
+            px = self.frame_distribution(self.decoder(a).to(x.dtype))
             if mask is not None:
-                px = px.mask(mask[..., None, None])
+                px = px.mask(self.frame_mask(mask))
             with poutine.scale(scale=self.scale_reconstruction):
-                pyro.sample("x", px.to_event(3), obs=x)
+                pyro.sample("x", px.to_event(1 + len(self.frame_shape)), obs=x)
         return a
+
+    def frame_mask(self, mask):
+        """``mask (batch, T)`` with singleton dims for the frame: ``(batch, T, 1, 1[, 1])``."""
+        return mask.reshape(mask.shape + (1,) * len(self.frame_shape))
+
+    @pyro_method
+    def pixel_variance(self):
+        """The Gaussian pixel variance: ``pixel_var``, or learned per pixel ``(*frame_shape)``."""
+        if self.likelihood == "gaussian_learned":
+            return PIXEL_VAR_FLOOR + self.pixel_log_var.exp()
+        return self.pixel_var
+
+    def frame_distribution(self, out):
+        """``p(x_t | a_t)`` from the decoder output ``out (..., *frame_shape)`` (see
+        :func:`~pyro_kvae.nn.vae.frame_distribution`)."""
+        return frame_distribution(out, self.likelihood, self.pixel_variance())
 
     def guide(self, x, u=None, mask=None):
         """The default guide, :class:`~pyro_kvae.models.guides.SmoothingGuide`."""

@@ -9,7 +9,7 @@ returns per-pixel ``(..., H, W)`` Bernoulli logits or Gaussian means.
 """
 
 import math
-from typing import Sequence
+from typing import Sequence, Tuple
 
 import pyro.distributions as dist
 import torch
@@ -33,11 +33,32 @@ def he_init(module: nn.Module) -> nn.Module:
     return module
 
 
-def _check_frames(x: torch.Tensor, size: int) -> None:
+def frame_shape(size) -> Tuple[int, ...]:
+    """
+    The shape of one frame: ``(H, W)`` for single-channel frames or ``(C, H, W)``.
+    ``size`` is an int (square single-channel frames, ``(size, size)``) or such a tuple.
+    """
+    shape = (size, size) if isinstance(size, int) else tuple(int(n) for n in size)
+    if len(shape) == 3 and shape[0] == 1:
+        shape = shape[1:]
+    if len(shape) not in (2, 3) or min(shape) < 1:
+        raise ValueError(f"a frame shape must be (H, W) or (C, H, W) of positive ints, got {size!r}")
+    return shape
+
+
+def _channels(shape) -> int:
+    return shape[0] if len(shape) == 3 else 1
+
+
+def _shape_text(shape) -> str:
+    return ", ".join(str(n) for n in shape)
+
+
+def _check_frames(x: torch.Tensor, shape) -> None:
     if not isinstance(x, torch.Tensor) or not x.is_floating_point():
-        raise TypeError(f"x must be a floating point tensor of frames (..., {size}, {size})")
-    if x.dim() < 2 or x.shape[-2:] != (size, size):
-        raise ValueError(f"x must have shape (..., {size}, {size}), got {tuple(x.shape)}")
+        raise TypeError(f"x must be a floating point tensor of frames (..., {_shape_text(shape)})")
+    if x.dim() < len(shape) or x.shape[x.dim() - len(shape) :] != shape:
+        raise ValueError(f"x must have shape (..., {_shape_text(shape)}), got {tuple(x.shape)}")
 
 
 class _EncoderHead(PyroModule):
@@ -60,27 +81,26 @@ class ConvEncoder(PyroModule):
     Convolutional encoder (reference: ``len(filters)`` conv layers, kernel 3,
     stride 2, ReLU, 'same' padding), then linear heads for ``loc`` and ``scale``.
 
-    :param int frame_size: ``H == W``; must be divisible by ``2 ** len(filters)``.
+    :param frame_size: the frame shape: ``H == W`` as an int, or ``(H, W)``, or ``(C, H, W)``.
     """
 
     def __init__(self, frame_size=32, dim_a=2, filters: Sequence[int] = (32, 32, 32), max_var=0.03):
         super().__init__()
-        if frame_size % 2 ** len(filters):
-            raise ValueError(f"frame_size must be divisible by {2 ** len(filters)}, got {frame_size}")
-        layers, c = [], 1
+        self.frame_shape = shape = frame_shape(frame_size)
+        layers, c = [], _channels(shape)
         for f in filters:
             layers += [nn.Conv2d(c, f, 3, stride=2, padding=1), nn.ReLU()]
             c = f
         self.conv = he_init(nn.Sequential(*layers))
-        self.frame_size = frame_size
-        side = frame_size // 2 ** len(filters)
-        self.head = _EncoderHead(c * side * side, dim_a, max_var)
+        scale = 2 ** len(filters)  # each stride-2 layer maps n pixels to ceil(n / 2)
+        h, w = -(-shape[-2] // scale), -(-shape[-1] // scale)
+        self.head = _EncoderHead(c * h * w, dim_a, max_var)
 
     def forward(self, x):
-        """``x (..., H, W)`` -> ``loc, scale (..., dim_a)``."""
-        _check_frames(x, self.frame_size)
-        batch = x.shape[:-2]
-        h = self.conv(x.reshape((-1, 1) + x.shape[-2:])).flatten(1)
+        """``x (..., *frame_shape)`` -> ``loc, scale (..., dim_a)``."""
+        _check_frames(x, self.frame_shape)
+        batch = x.shape[: x.dim() - len(self.frame_shape)]
+        h = self.conv(x.reshape((-1, _channels(self.frame_shape)) + self.frame_shape[-2:])).flatten(1)
         loc, scale = self.head(h)
         return loc.reshape(batch + (-1,)), scale.reshape(batch + (-1,))
 
@@ -89,33 +109,34 @@ class ConvDecoder(PyroModule):
     """
     Convolutional decoder (reference): a linear layer to the encoder's feature
     shape, then per layer a 3x3 conv to ``4 * filters`` channels and a pixel
-    shuffle (x2 upsampling) with ReLU, then a 1x1 conv to one channel.
+    shuffle (x2 upsampling) with ReLU, then a 1x1 conv to the frame's channels,
+    cropped to ``(H, W)`` when they are not multiples of ``2 ** len(filters)``.
     """
 
     def __init__(self, frame_size=32, dim_a=2, filters: Sequence[int] = (32, 32, 32)):
         super().__init__()
-        if frame_size % 2 ** len(filters):
-            raise ValueError(f"frame_size must be divisible by {2 ** len(filters)}, got {frame_size}")
-        self.side = frame_size // 2 ** len(filters)
+        self.frame_shape = shape = frame_shape(frame_size)
+        scale = 2 ** len(filters)
+        self.side = (-(-shape[-2] // scale), -(-shape[-1] // scale))
         self.channels = filters[-1]
-        self.linear = nn.Linear(dim_a, self.channels * self.side**2)
+        self.linear = nn.Linear(dim_a, self.channels * self.side[0] * self.side[1])
         layers, c = [], self.channels
         for f in reversed(filters):
             layers += [nn.Conv2d(c, 4 * f, 3, padding=1), nn.PixelShuffle(2), nn.ReLU()]
             c = f
-        layers.append(nn.Conv2d(c, 1, 1))
+        layers.append(nn.Conv2d(c, _channels(shape), 1))
         self.deconv = he_init(nn.Sequential(*layers))
         he_init(self.linear)
-        self.frame_size = frame_size
 
     def forward(self, a):
-        """``a (..., dim_a)`` -> logits ``(..., H, W)``."""
+        """``a (..., dim_a)`` -> logits or means ``(..., *frame_shape)``."""
         batch = a.shape[:-1]
         h = torch.relu(self.linear(a.reshape(-1, a.size(-1))))
         # channels-last convolutions are ~1.4x faster on CPU (oneDNN) for this decoder
-        h = h.reshape(-1, self.channels, self.side, self.side).contiguous(memory_format=torch.channels_last)
-        h = self.deconv(h)
-        return h.reshape(batch + (self.frame_size, self.frame_size))
+        h = h.reshape((-1, self.channels) + self.side).contiguous(memory_format=torch.channels_last)
+        H, W = self.frame_shape[-2:]
+        h = self.deconv(h)[..., :H, :W]
+        return h.reshape(batch + self.frame_shape)
 
 
 class MLPEncoder(PyroModule):
@@ -123,17 +144,17 @@ class MLPEncoder(PyroModule):
 
     def __init__(self, frame_size=32, dim_a=2, hidden: Sequence[int] = (25, 25), max_var=0.03):
         super().__init__()
-        layers, n = [], frame_size * frame_size
+        self.frame_shape = frame_shape(frame_size)
+        layers, n = [], math.prod(self.frame_shape)
         for h in hidden:
             layers += [nn.Linear(n, h), nn.ReLU()]
             n = h
         self.mlp = he_init(nn.Sequential(*layers))
         self.head = _EncoderHead(n, dim_a, max_var)
-        self.frame_size = frame_size
 
     def forward(self, x):
-        _check_frames(x, self.frame_size)
-        return self.head(self.mlp(x.flatten(-2)))
+        _check_frames(x, self.frame_shape)
+        return self.head(self.mlp(x.flatten(x.dim() - len(self.frame_shape))))
 
 
 class MLPDecoder(PyroModule):
@@ -141,26 +162,41 @@ class MLPDecoder(PyroModule):
 
     def __init__(self, frame_size=32, dim_a=2, hidden: Sequence[int] = (25, 25)):
         super().__init__()
+        self.frame_shape = frame_shape(frame_size)
         layers, n = [], dim_a
         for h in hidden:
             layers += [nn.Linear(n, h), nn.ReLU()]
             n = h
-        layers.append(nn.Linear(n, frame_size * frame_size))
+        layers.append(nn.Linear(n, math.prod(self.frame_shape)))
         self.mlp = he_init(nn.Sequential(*layers))
-        self.frame_size = frame_size
 
     def forward(self, a):
-        return self.mlp(a).unflatten(-1, (self.frame_size, self.frame_size))
+        return self.mlp(a).unflatten(-1, self.frame_shape)
 
 
-def frame_distribution(out: torch.Tensor, likelihood: str, pixel_var: float = 0.1):
+LIKELIHOODS = ("bernoulli", "continuous_bernoulli", "gaussian", "gaussian_learned")
+#: floor of a learned per-pixel variance (a pixel that is always the same would drive it to 0)
+PIXEL_VAR_FLOOR = 1e-4
+
+
+def frame_distribution(out: torch.Tensor, likelihood: str, pixel_var=0.1):
     """
-    The per-pixel distribution of ``x_t`` given the decoder output ``out (..., H, W)``:
-    ``"bernoulli"`` (``out`` are logits) or ``"gaussian"`` (``out`` are means,
-    fixed variance ``pixel_var`` as in the reference). Batch shape ``(..., H, W)``.
+    The per-pixel distribution of ``x_t`` given the decoder output ``out (..., *frame_shape)``:
+
+    * ``"bernoulli"``: binary frames, ``out`` are logits;
+    * ``"continuous_bernoulli"``: frames in [0, 1] (grey levels), ``out`` are logits
+      (Loaiza-Ganem and Cunningham 2019: a normalised Bernoulli for continuous data);
+    * ``"gaussian"``: ``out`` are means, fixed variance ``pixel_var`` as in the reference;
+    * ``"gaussian_learned"``: the same with ``pixel_var`` a tensor of per-pixel variances
+      broadcastable to ``out`` (see :meth:`pyro_kvae.models.KVAE.pixel_variance`).
+
+    Batch shape ``out.shape``.
     """
     if likelihood == "bernoulli":
         return dist.Bernoulli(logits=out)
-    if likelihood == "gaussian":
-        return dist.Normal(out, math.sqrt(pixel_var))
-    raise ValueError(f"likelihood must be 'bernoulli' or 'gaussian', got {likelihood!r}")
+    if likelihood == "continuous_bernoulli":
+        return dist.ContinuousBernoulli(logits=out)
+    if likelihood in ("gaussian", "gaussian_learned"):
+        scale = pixel_var.sqrt() if isinstance(pixel_var, torch.Tensor) else math.sqrt(pixel_var)
+        return dist.Normal(out, scale)
+    raise ValueError(f"likelihood must be one of {LIKELIHOODS}, got {likelihood!r}")
