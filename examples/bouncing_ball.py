@@ -46,7 +46,12 @@ def parse_args(argv=None, env="box", doc=__doc__, model=None):
         description=doc, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False
     )
     parser.add_argument("--env", default=env, help=argparse.SUPPRESS)
-    parser.add_argument("--data", default=f"data/{env}.npz", help="dataset file, generated if missing")
+    parser.add_argument(
+        "--data",
+        default=f"data/{env}.npz",
+        help="dataset .npz (generated if missing), or your own videos: a folder of .npy/.npz/.gif/.mp4 "
+        "files, a .gif/.mp4, or a .npy of shape (N, T, H, W[, C]); the frame shape is read from them",
+    )
     parser.add_argument("--run-dir", default=f"runs/{'bouncing_ball' if env == 'box' else env}")
     parser.add_argument("--full", action="store_true", help="paper settings instead of the quick run")
     parser.add_argument("--n-train", type=positive_int, help="training sequences (quick: 2000, full: all)")
@@ -124,7 +129,7 @@ def figures(trainer, x, u, mask, filtered, smoothed, run_dir):
     paths["training"] = os.path.join(run_dir, "training.png")
     plot_training(trainer.history, paths["training"])
     i = 0
-    rows = [x[i], x[i] * mask[i, :, None, None], filtered.x[i], smoothed.x[i]]
+    rows = [x[i], x[i] * trainer.model.frame_mask(mask)[i], filtered.x[i], smoothed.x[i]]
     titles = ["truth", "observed", "filtered", "smoothed"]
     paths["imputation"] = os.path.join(run_dir, "imputation.png")
     plot_imputation(rows, mask[i], paths["imputation"], titles)
@@ -153,11 +158,32 @@ def figures(trainer, x, u, mask, filtered, smoothed, run_dir):
     return paths
 
 
+FRAME_FLAGS = ("frame_size", "frame_width", "channels")
+
+
+def fit_frame_shape(args, train):
+    """For a new run: the config with the data's frame shape, unless the frame flags were given
+    (then they must agree with the data)."""
+    shape = train.frame_shape
+    data = dict(frame_size=shape[-2], frame_width=shape[-1], channels=shape[0] if len(shape) == 3 else 1)
+    if shape[-1] == shape[-2]:
+        data["frame_width"] = 0
+    given = {k: getattr(args, k) for k in FRAME_FLAGS if k in args.explicit}
+    if given:
+        expected = KVAEConfig(**{**args.config.to_dict(), **given}).frame_shape
+        if expected != shape:
+            raise SystemExit(f"error: the frame flags give frames of shape {expected}, {args.data} holds {shape}")
+        return args.config
+    return KVAEConfig(**{**args.config.to_dict(), **data})
+
+
 def load_data(args):
     """Train / valid / test splits as the flags ask, with the sizes checked against the file."""
     train = VideoDataset(args.data, "train", env=args.env, seed=args.seed)
-    valid = VideoDataset(args.data, "valid")
-    test = VideoDataset(args.data, "test")
+    valid = VideoDataset(args.data, "valid", seed=args.seed)  # the seed cuts your own videos into splits
+    test = VideoDataset(args.data, "test", seed=args.seed)
+    if len(test) == 0:
+        raise SystemExit(f"error: {args.data} leaves no test videos (10 % of them); give at least 10")
     for name, n, split in (("n_train", args.n_train, train), ("n_test", args.n_test, test)):
         if name in args.explicit and n > len(split):  # the quick defaults take at most as many as there are
             name = "--" + name.replace("_", "-")
@@ -180,8 +206,12 @@ def load_data(args):
 def main(args):
     torch.manual_seed(args.seed)
     start = time.perf_counter()
-    trainer = make_trainer(args)
+    resuming = args.resume and os.path.exists(os.path.join(args.run_dir, CHECKPOINT))
+    trainer = make_trainer(args) if resuming else None  # a resumed run brings its own data settings
     train, valid, test = load_data(args)
+    if trainer is None:
+        args.config = fit_frame_shape(args, train)
+        trainer = make_trainer(args)
     print(f"data: {len(train)} train, {len(valid or [])} valid, {len(test)} test sequences from {args.data}")
 
     trainer.fit(train, valid)

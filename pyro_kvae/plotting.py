@@ -13,6 +13,16 @@ def _np(x):
     return x.detach().cpu().numpy() if hasattr(x, "detach") else np.asarray(x)
 
 
+def _image(frame):
+    """A frame ``(H, W)`` or ``(C, H, W)`` as something ``imshow`` draws: grey, or RGB in [0, 1]."""
+    frame = _np(frame)
+    if frame.ndim == 3:
+        frame = np.clip(np.moveaxis(frame, 0, -1), 0, 1)
+        if frame.shape[-1] != 3:  # 2 or more than 3 channels: show the first
+            frame = frame[..., 0]
+    return frame
+
+
 def plot_training(history, path):
     """Training loss and validation ELBO per epoch from ``Trainer.history``."""
     fig, ax = plt.subplots(1, 2, figsize=(9, 3))
@@ -29,7 +39,7 @@ def plot_training(history, path):
 
 def plot_imputation(rows, mask, path, titles):
     """
-    One sequence per row block: ``rows`` is a list of ``(T, H, W)`` frame arrays
+    One sequence per row block: ``rows`` is a list of ``(T, H, W)`` or ``(T, C, H, W)`` frame arrays
     (e.g. truth, filtered, smoothed) drawn one above the other; missing frames
     (``mask (T,)`` False) get a red border.
     """
@@ -38,7 +48,7 @@ def plot_imputation(rows, mask, path, titles):
     for r, (frames, title) in enumerate(zip(rows, titles)):
         for t in range(T):
             ax = axes[r, t]
-            ax.imshow(_np(frames[t]), cmap="gray", vmin=0, vmax=1)
+            ax.imshow(_image(frames[t]), cmap="gray", vmin=0, vmax=1)
             ax.set_xticks([])
             ax.set_yticks([])
             if not bool(mask[t]):
@@ -67,18 +77,18 @@ def plot_trajectories(trajectories, mask, path, labels):
 
 
 def save_gif(rows, path, titles, fps=4):
-    """Animated GIF with the ``(T, H, W)`` frame arrays of ``rows`` side by side."""
+    """Animated GIF with the ``(T, H, W)`` or ``(T, C, H, W)`` frame arrays of ``rows`` side by side."""
     rows = [_np(r) for r in rows]
     fig, axes = plt.subplots(1, len(rows), figsize=(1.6 * len(rows), 1.9))
     images = []
     for ax, frames, title in zip(np.atleast_1d(axes), rows, titles):
-        images.append(ax.imshow(frames[0], cmap="gray", vmin=0, vmax=1))
+        images.append(ax.imshow(_image(frames[0]), cmap="gray", vmin=0, vmax=1))
         ax.set_title(title, fontsize=8)
         ax.axis("off")
 
     def update(t):
         for im, frames in zip(images, rows):
-            im.set_data(frames[t])
+            im.set_data(_image(frames[t]))
         return images
 
     anim = animation.FuncAnimation(fig, update, frames=rows[0].shape[0])

@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from ..files import atomic_write, unreadable
 from .environments import DEFAULT_SPLITS, ENVIRONMENTS
+from .sources import load_videos, split_indices
 
 SPLITS = ("train", "valid", "test")
 
@@ -116,23 +117,50 @@ def load(path: str) -> Dict[str, np.ndarray]:
 
 class VideoDataset(torch.utils.data.Dataset):
     """
-    One split of a generated dataset, held in memory as tensors.
+    One split of a video dataset, held in memory as tensors.
 
-    If ``path`` does not exist it is generated with ``generate(env, sizes, seed)``
-    and cached there, so the first use pays the simulation once.
+    ``source`` is one of:
 
-    Items are dicts with ``x (T, H, W)`` float32 in {0, 1}, ``u (T, dim_u)``
-    float32, and the true states (``position (T, 2)`` ...), so a
-    :class:`torch.utils.data.DataLoader` yields ``x (batch, T, H, W)``.
+    * a dataset ``.npz`` of this package (:func:`save`), with its splits; if the file does
+      not exist it is generated with ``generate(env, sizes, seed)`` and cached there;
+    * your own videos (:mod:`pyro_kvae.data.sources`): a numpy array ``(N, T, H, W[, C])``,
+      a ``.npy`` of such an array, a ``.gif`` / ``.mp4`` / ``.npz`` video, or a folder of
+      video files; they are split by a permutation seeded with ``seed`` into ``fractions``
+      (train, valid, test), or taken whole with ``split="all"``.
 
-    :param str path: the ``.npz`` file.
-    :param str split: ``"train"``, ``"valid"`` or ``"test"``.
-    :param str env: environment to generate if ``path`` is missing (default: from the file name).
+    Items are dicts with ``x (T, *frame_shape)`` float32 (``frame_shape`` is ``(H, W)`` or
+    ``(C, H, W)``), ``u (T, dim_u)`` float32 (``dim_u = 0`` for your own videos), and for
+    simulated data the true states (``position (T, 2)`` ...), so a
+    :class:`torch.utils.data.DataLoader` yields ``x (batch, T, *frame_shape)``.
+
+    :param str split: ``"train"``, ``"valid"``, ``"test"``, or ``"all"`` for your own videos.
+    :param str env: environment to generate if the ``.npz`` is missing (default: from the file name).
+    :param bool channels_last: an array source's 5-d layout is ``(N, T, H, W, C)`` (else ``(N, T, C, H, W)``).
     """
 
-    def __init__(self, path: str, split: str = "train", env: Optional[str] = None, sizes=None, seed: int = 0):
-        if split not in SPLITS:
-            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    def __init__(
+        self,
+        source,
+        split: str = "train",
+        env: Optional[str] = None,
+        sizes=None,
+        seed: int = 0,
+        channels_last: bool = True,
+        fractions=(0.8, 0.1, 0.1),
+    ):
+        own = not isinstance(source, (str, os.PathLike)) or not str(source).endswith(".npz")
+        if split not in SPLITS + (("all",) if own else ()):
+            raise ValueError(f"split must be one of {SPLITS + (('all',) if own else ())}, got {split!r}")
+        if own:
+            videos = load_videos(source if not isinstance(source, os.PathLike) else str(source), channels_last)
+            idx = split_indices(len(videos), fractions, seed)[split]
+            x = torch.from_numpy(videos[idx])
+            self.tensors = {"x": x, "u": x.new_zeros(x.shape[:2] + (0,))}
+            self.path = source if isinstance(source, (str, os.PathLike)) else "an array"
+            self.config = {"env": "own videos", "source": str(self.path), "fractions": list(fractions), "seed": seed}
+            self.split = split
+            return
+        path = str(source)
         if not os.path.exists(path):
             name = env or os.path.splitext(os.path.basename(path))[0]
             save(path, generate(name, sizes, seed=seed))
@@ -146,11 +174,16 @@ class VideoDataset(torch.utils.data.Dataset):
             k[len(prefix) :]: torch.from_numpy(v.astype(np.float32)) for k, v in data.items() if k.startswith(prefix)
         }
         x = self.tensors.get("x")
-        if x is None or x.dim() != 4:
+        if x is None or x.dim() not in (4, 5):
             got = "nothing" if x is None else f"shape {tuple(x.shape)}"
             raise ValueError(f"{path}: '{split}/x' must hold frames of shape (N, T, H, W), found {got}")
         self.tensors.setdefault("u", x.new_zeros(x.shape[:2] + (0,)))
         self.split, self.path = split, path
+
+    @property
+    def frame_shape(self):
+        """``(H, W)`` or ``(C, H, W)``."""
+        return tuple(self.x.shape[2:])
 
     def take(self, n: int) -> "VideoDataset":
         """The first ``min(n, len(self))`` sequences as a new dataset (sharing memory); ``n >= 1``."""
