@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from pyro_kvae.data import generate, save
@@ -60,3 +61,30 @@ def test_other_environment_examples(tmp_path, script, env):
     if env == "pendulum":
         assert config["dim_u"] == 1 and config["frame_size"] == 16 and config["K"] == 2
     assert os.path.exists(run_dir / "generation.gif")
+
+
+def test_own_videos_example(tmp_path):
+    """--data pointing to a folder of RGB, non-square videos: the frame shape comes from the data."""
+    from test_sources import toy_videos
+
+    iio = pytest.importorskip("imageio.v3", reason="imageio is in the dev extras")
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    for i, v in enumerate(toy_videos(n=12, T=6)):
+        if i % 2:
+            np.save(folder / f"{i:02d}.npy", v)
+        else:
+            iio.imwrite(folder / f"{i:02d}.gif", v, duration=100, loop=0)
+    run_dir = tmp_path / "run"
+    args = ["--data", str(folder), "--run-dir", str(run_dir), "--epochs", "1", "--batch-size", "4"]
+    stdout = run(
+        "bouncing_ball.py", *args, "--likelihood", "continuous_bernoulli", "--conv-filters", "8", "8", cwd=tmp_path
+    )
+    assert "outputs in" in stdout
+    config = json.load(open(run_dir / "config.json"))
+    assert (config["channels"], config["frame_size"], config["frame_width"]) == (3, 8, 16)
+    assert os.path.exists(run_dir / "imputation.png") and os.path.exists(run_dir / "generation.gif")
+    out = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "examples", "bouncing_ball.py"), *args, "--run-dir", str(tmp_path / "r2"),
+         "--frame-size", "32"], capture_output=True, text=True, cwd=tmp_path)  # fmt: skip
+    assert out.returncode != 0 and "the frame flags give frames of shape (32, 32)" in out.stderr

@@ -100,6 +100,12 @@ def load_videos(source, channels_last: bool = True) -> np.ndarray:
         videos, where = np.load(source, allow_pickle=False), source
         if videos.ndim not in (4, 5):
             raise ValueError(f"{source}: a .npy of videos must be (N, T, H, W) or (N, T, H, W, C), got {videos.shape}")
+        if videos.ndim == 4 and videos.shape[-1] in (3, 4):
+            raise ValueError(
+                f"{source} of shape {videos.shape} is ambiguous: grey videos (N, T, H, W) {videos.shape[-1]} pixels "
+                "wide, or one colour video (T, H, W, C)? Save several videos as (N, T, H, W, C), or put one "
+                "video in a folder (a .npy inside a folder holds one video)"
+            )
     elif os.path.isfile(source):
         videos, where = read_video(source)[None], source
     else:
