@@ -26,8 +26,9 @@ from .nn.vae import frame_distribution
 
 class RNNBaseline(nn.Module):
     """
-    :param encoder: ``x (..., H, W) -> (loc, scale) (..., dim_a)`` (the KVAE's encoder class).
-    :param decoder: ``a (..., dim_a) -> logits (..., H, W)``.
+    :param encoder: ``x (..., *frame_shape) -> (loc, scale) (..., dim_a)`` (the KVAE's encoder class,
+        with its ``frame_shape``).
+    :param decoder: ``a (..., dim_a) -> logits (..., *frame_shape)``.
     :param bool variational: VAE-RNN (sampled codes, KL to N(0, I)) instead of AE-RNN.
     :param int hidden: LSTM units.
     """
@@ -36,6 +37,7 @@ class RNNBaseline(nn.Module):
         super().__init__()
         self.encoder, self.decoder = encoder, decoder
         self.variational, self.likelihood = variational, likelihood
+        self.frame_shape = tuple(getattr(encoder, "frame_shape", ()))
         self.lstm = nn.LSTM(dim_a, hidden, batch_first=True)
         self.head = nn.Linear(hidden, dim_a)
         self.a0 = nn.Parameter(torch.zeros(dim_a))
@@ -44,7 +46,7 @@ class RNNBaseline(nn.Module):
         """Negative (ELBO for VAE, log-likelihood for AE) per frame, ``x (..., H, W)``."""
         loc, scale = self.encoder(x)
         a = loc + scale * torch.randn_like(scale) if self.variational else loc
-        nll = -frame_distribution(self.decoder(a), self.likelihood).log_prob(x).sum((-1, -2))
+        nll = -frame_distribution(self.decoder(a), self.likelihood).log_prob(x).flatten(-len(self.frame_shape)).sum(-1)
         if self.variational:
             kl = 0.5 * (loc**2 + scale**2 - 1 - 2 * scale.log()).sum(-1)
             nll = nll + kl
@@ -77,7 +79,7 @@ class RNNBaseline(nn.Module):
     @torch.no_grad()
     def impute(self, x, mask):
         """Frames ``(batch, T, H, W)``: decoded LSTM predictions at missing steps, reconstructions elsewhere."""
-        x = torch.where(mask[..., None, None], x, x.new_zeros(()))
+        x = torch.where(mask.reshape(mask.shape + (1,) * len(self.frame_shape)), x, x.new_zeros(()))
         a, _ = self.encoder(x)
         filled, _ = self.predict(a, mask)
         return frame_distribution(self.decoder(filled), self.likelihood).mean
@@ -104,7 +106,7 @@ def train_rnn_baseline(
     g = torch.Generator().manual_seed(seed)
     ae_params = list(model.encoder.parameters()) + list(model.decoder.parameters())
     opt = torch.optim.Adam(ae_params, lr=lr)
-    frames = x.reshape(-1, *x.shape[-2:])
+    frames = x.flatten(0, 1)  # (N * T, *frame_shape)
     ae_loss = rnn_loss = float("nan")
     for _ in tqdm(range(epochs_ae), desc="autoencoder", disable=not progress):
         for idx in torch.randperm(len(frames), generator=g).split(batch_size * x.shape[1]):

@@ -24,7 +24,6 @@ ELBO of the KVAE (CNN and MLP) and of a deep Markov model on the pendulum.
 
 import argparse
 import csv
-import json
 import os
 import time
 
@@ -35,8 +34,10 @@ from .baselines import DMM, RNNBaseline, train_rnn_baseline
 from .cli import positive_int
 from .config import KVAEConfig, build_kvae
 from .data import VideoDataset
+from .files import write_json
 from .imputation import generate, impute, pixel_error
 from .nn import MLPDynamics
+from .nn.vae import LIKELIHOODS
 from .train import Trainer, random_mask
 
 DROP_PROBS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
@@ -136,21 +137,25 @@ def figures(kvae, x, run_dir):
     plt.close(fig)
     # fig. 5: test sequences and generated ones as single images
     long = generate(kvae, x[:4, :T_INIT], 40)
-    fig, axes = plt.subplots(2, 4, figsize=(8, 4))
-    for i in range(4):
+    if len(kvae.frame_shape) == 3:  # fig. 5 colours single-channel frames by time
+        fig = None
+    else:
+        fig, axes = plt.subplots(2, 4, figsize=(8, 4))
+    for i in range(4 if fig is not None else 0):
         axes[0, i].imshow(time_colour_image(x[i]))
         axes[1, i].imshow(time_colour_image(long.x[i]))
         axes[0, i].axis("off")
         axes[1, i].axis("off")
-    axes[0, 0].set_title("data", loc="left")
-    axes[1, 0].set_title("generated (40 frames from 4)", loc="left")
-    fig.savefig(os.path.join(run_dir, "fig5.png"), dpi=110)
-    plt.close(fig)
+    if fig is not None:
+        axes[0, 0].set_title("data", loc="left")
+        axes[1, 0].set_title("generated (40 frames from 4)", loc="left")
+        fig.savefig(os.path.join(run_dir, "fig5.png"), dpi=110)
+        plt.close(fig)
     save_gif(list(long.x), os.path.join(run_dir, "generation.gif"), [f"seq {k}" for k in range(4)], fps=8)
     mask = random_mask(x[:1].shape[:2], 0.5, T_INIT, torch.Generator().manual_seed(0), x.device)
     rows = [
         x[0],
-        x[0] * mask[0, :, None, None],
+        x[0] * kvae.frame_mask(mask)[0],
         impute(kvae, x[:1], mask, smooth=False).x[0],
         impute(kvae, x[:1], mask).x[0],
     ]
@@ -161,7 +166,14 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m pyro_kvae.experiments", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     parser.add_argument("env", choices=["box", "box_gravity", "polygon", "pong", "pendulum"])
-    parser.add_argument("--data", help="dataset file (default data/<env>.npz, generated if missing)")
+    parser.add_argument(
+        "--data",
+        help="dataset file (default data/<env>.npz, generated if missing), or your own "
+        "videos (a folder of .npy/.npz/.gif/.mp4, a .gif/.mp4, or a .npy (N, T, H, W[, C]))",
+    )
+    parser.add_argument("--likelihood", default="bernoulli", choices=LIKELIHOODS, help="frame likelihood")
+    parser.add_argument("--iwae-particles", type=positive_int, default=10,
+                        help="particles of the importance-weighted bound reported beside the test ELBO")  # fmt: skip
     parser.add_argument("--run-dir", help="default runs/experiment_<env>")
     parser.add_argument("--epochs", type=positive_int, default=20, help="KVAE epochs (paper: 80)")
     parser.add_argument("--baseline-epochs", type=positive_int, default=10, help="epochs for each baseline stage")
@@ -182,13 +194,16 @@ def main(argv=None):
     os.makedirs(run_dir, exist_ok=True)
     data = args.data or f"data/{args.env}.npz"
     train = VideoDataset(data, "train", env=args.env, seed=args.seed)
-    test = VideoDataset(data, "test").take(args.n_test)
+    test = VideoDataset(data, "test", seed=args.seed).take(args.n_test)
     if args.n_train:
         train = train.take(args.n_train)
     start = time.perf_counter()
 
+    shape = train.frame_shape  # the data's: (H, W) or (C, H, W)
     config = KVAEConfig(epochs=args.epochs, conv_filters=tuple(args.filters), seed=args.seed, device=device,
-                        kf_update_epochs=min(10, args.epochs // 4), dynamics=args.dynamics)  # fmt: skip
+                        kf_update_epochs=min(10, args.epochs // 4), dynamics=args.dynamics,
+                        likelihood=args.likelihood, frame_size=shape[-2], frame_width=shape[-1],
+                        channels=shape[0] if len(shape) == 3 else 1)  # fmt: skip
     trainer = Trainer(config, run_dir=os.path.join(run_dir, "kvae"), overwrite=True)  # the runner always retrains
     trainer.fit(train)
     kvae_time = time.perf_counter() - start
@@ -197,7 +212,7 @@ def main(argv=None):
     for name, variational in (("VAE-RNN", True), ("AE-RNN", False)):
         torch.manual_seed(args.seed)
         ref = build_kvae(config)  # same encoder/decoder architecture as the KVAE
-        model = RNNBaseline(ref.encoder, ref.decoder, variational, config.dim_a)
+        model = RNNBaseline(ref.encoder, ref.decoder, variational, config.dim_a, likelihood=config.likelihood)
         train_rnn_baseline(model, train.x, args.baseline_epochs, args.baseline_epochs, seed=args.seed, device=device)
         baselines[name] = model.eval()
     total_time = time.perf_counter() - start
@@ -217,13 +232,14 @@ def main(argv=None):
         "n_test": len(test),
         "kvae_epochs": trainer.epoch,
         "kvae_test_elbo": trainer.evaluate(test),
+        "iwae_particles": args.iwae_particles,
+        "kvae_test_iwae_bound": trainer.evaluate(test, num_particles=args.iwae_particles),
         "kvae_train_seconds": round(kvae_time, 1),
         "total_train_seconds": round(total_time, 1),
         "device": device,
         "rows": rows,
     }
-    with open(os.path.join(run_dir, "results.json"), "w") as f:
-        json.dump(summary, f, indent=2)
+    write_json(os.path.join(run_dir, "results.json"), summary)
     with open(os.path.join(run_dir, "results.csv"), "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
@@ -232,7 +248,8 @@ def main(argv=None):
     plot_curves(rows, "missing_in_middle", "number of missing frames in the middle", os.path.join(run_dir, "fig3b.png"))
     figures(kvae, x, run_dir)
 
-    print(f"KVAE test ELBO {summary['kvae_test_elbo']:.1f}; training took {total_time:.0f} s")
+    print(f"KVAE test ELBO {summary['kvae_test_elbo']:.1f}, importance-weighted bound (K={args.iwae_particles}) "
+          f"{summary['kvae_test_iwae_bound']:.1f}; training took {total_time:.0f} s")  # fmt: skip
     for experiment in ("missing_at_random", "missing_in_middle"):
         print(experiment)
         names = list(methods)
@@ -279,26 +296,25 @@ def pendulum_table(args):
     train = VideoDataset(data, "train", env="pendulum", seed=args.seed)
     test = VideoDataset(data, "test")
     start = time.perf_counter()
-    results = {}
+    results, bounds = {}, {}
     for vae in ("conv", "mlp"):
         config = KVAEConfig(frame_size=16, dim_z=3, dim_u=1, K=2, vae=vae, conv_filters=tuple(args.filters),
                             epochs=args.epochs, kf_update_epochs=min(10, args.epochs // 4), seed=args.seed,
                             device=device)  # fmt: skip
         trainer = Trainer(config, run_dir=os.path.join(run_dir, f"kvae_{vae}"), overwrite=True)
         trainer.fit(train)
-        results[f"KVAE ({'CNN' if vae == 'conv' else 'MLP'})"] = elbo_per_sequence(
-            trainer.model.model, trainer.model.guide, test, device
-        )
+        name = f"KVAE ({'CNN' if vae == 'conv' else 'MLP'})"
+        results[name] = elbo_per_sequence(trainer.model.model, trainer.model.guide, test, device)
+        bounds[name] = trainer.evaluate(test, num_particles=args.iwae_particles)
     torch.manual_seed(args.seed)
     dmm = train_dmm(DMM(16, 3, 1), train, args.epochs, seed=args.seed, device=device)
     results["DMM"] = elbo_per_sequence(dmm.model, dmm.guide, test, device)
     summary = {"env": "pendulum", "epochs": args.epochs, "seconds": round(time.perf_counter() - start, 1),
-               "test_elbo": results}  # fmt: skip
-    with open(os.path.join(run_dir, "results.json"), "w") as f:
-        json.dump(summary, f, indent=2)
-    print("model        test ELBO")
+               "test_elbo": results, "iwae_particles": args.iwae_particles, "test_iwae_bound": bounds}  # fmt: skip
+    write_json(os.path.join(run_dir, "results.json"), summary)
+    print(f"model        test ELBO  IW bound (K={args.iwae_particles})")
     for name, elbo in results.items():
-        print(f"{name:12s} {elbo:9.2f}")
+        print(f"{name:12s} {elbo:9.2f}  " + (f"{bounds[name]:9.2f}" if name in bounds else "      n/a"))
     print(f"outputs in {os.path.abspath(run_dir)}")
     return summary
 

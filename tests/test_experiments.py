@@ -4,6 +4,7 @@
 import json
 import os
 
+import numpy as np
 import torch
 
 from pyro_kvae.baselines import RNNBaseline, train_rnn_baseline
@@ -77,6 +78,7 @@ def test_experiment_runner(tmp_path, capsys):
         ]
     )
     results = json.load(open(os.path.join(run, "results.json")))
+    assert results["iwae_particles"] == 10 and results["kvae_test_iwae_bound"] < 0
     methods = {r["method"] for r in results["rows"]}
     assert methods == {"KVAE smoothing", "KVAE filtering", "VAE-RNN", "AE-RNN", "blank frames"}
     assert len(results["rows"]) == 5 * (10 + 7)
@@ -99,4 +101,20 @@ def test_pendulum_table_runner(tmp_path):
     save(data, generate("pendulum", (8, 2, 4), seed=0, progress=False))
     summary = main(["pendulum", "--data", data, "--run-dir", str(tmp_path / "p"), "--epochs", "1"])
     assert set(summary["test_elbo"]) == {"KVAE (CNN)", "KVAE (MLP)", "DMM"}
+    assert set(summary["test_iwae_bound"]) == {"KVAE (CNN)", "KVAE (MLP)"}
     assert all(v < 0 for v in summary["test_elbo"].values())
+
+
+def test_experiment_runner_on_own_videos(tmp_path):
+    """--data pointing to your own videos (RGB, non-square): frame shape from the data, any likelihood."""
+    from test_sources import toy_videos
+
+    data = str(tmp_path / "videos.npy")
+    np.save(data, toy_videos(n=30, T=12))
+    run = str(tmp_path / "exp")
+    args = ["box", "--data", data, "--run-dir", run, "--epochs", "1", "--baseline-epochs", "1", "--n-test", "3",
+            "--filters", "8", "8", "--likelihood", "continuous_bernoulli", "--iwae-particles", "2"]  # fmt: skip
+    main(args)
+    results = json.load(open(os.path.join(run, "results.json")))
+    assert json.load(open(os.path.join(run, "kvae", "config.json")))["channels"] == 3
+    assert {r["method"] for r in results["rows"]} >= {"KVAE smoothing", "VAE-RNN"} and results["n_test"] == 3
