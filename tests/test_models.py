@@ -181,29 +181,36 @@ def elbo_samples(model, guide, n, *args):
     return torch.tensor(out, dtype=torch.float64)
 
 
-def test_explicit_z_variant_estimates_the_same_elbo():
+@pytest.mark.parametrize("masked", [False, True])
+def test_explicit_z_variant_estimates_the_same_elbo(masked):
     kvae = tiny_kvae("lstm")
-    x = frames(N=2, T=4)
+    T = 6 if masked else 4
+    x = frames(N=2, T=T)
+    mask = None
+    if masked:  # a gap, and a sequence missing its last frame
+        mask = torch.ones(2, T, dtype=torch.bool)
+        mask[:, 2:4] = False
+        mask[1, -1] = False
     # sample by sample: given the same a, eq. (7) equals the collapsed estimator exactly
-    g1 = poutine.trace(kvae.guide).get_trace(x)
+    g1 = poutine.trace(kvae.guide).get_trace(x, None, mask)
     a = g1.nodes["a"]["value"]
-    m1 = poutine.trace(poutine.replay(kvae.model, trace=g1)).get_trace(x)
+    m1 = poutine.trace(poutine.replay(kvae.model, trace=g1)).get_trace(x, None, mask)
     elbo1 = m1.log_prob_sum() - g1.log_prob_sum()
-    fixed_a = poutine.trace(ExplicitStateGuide(kvae)).get_trace(x)
-    for t in range(4):
+    fixed_a = poutine.trace(ExplicitStateGuide(kvae)).get_trace(x, None, mask)
+    for t in range(T):
         fixed_a.nodes[f"a_{t}"]["value"] = a[:, t]
         fixed_a.remove_node(f"z_{t}")
     explicit_guide = poutine.replay(ExplicitStateGuide(kvae), trace=fixed_a)
     for _ in range(3):  # whatever z is drawn
-        g2 = poutine.trace(explicit_guide).get_trace(x)
+        g2 = poutine.trace(explicit_guide).get_trace(x, None, mask)
         assert torch.equal(g2.nodes["a_1"]["value"], a[:, 1])
-        m2 = poutine.trace(poutine.replay(ExplicitStateModel(kvae), trace=g2)).get_trace(x)
+        m2 = poutine.trace(poutine.replay(ExplicitStateModel(kvae), trace=g2)).get_trace(x, None, mask)
         elbo2 = m2.log_prob_sum() - g2.log_prob_sum()
         assert abs(elbo1 - elbo2) < 1e-8
     # Monte Carlo: the same mean within error; report the variances
     n = 400
-    s1 = elbo_samples(kvae.model, kvae.guide, n, x)
-    s2 = elbo_samples(ExplicitStateModel(kvae), ExplicitStateGuide(kvae), n, x)
+    s1 = elbo_samples(kvae.model, kvae.guide, n, x, None, mask)
+    s2 = elbo_samples(ExplicitStateModel(kvae), ExplicitStateGuide(kvae), n, x, None, mask)
     se = ((s1.var() + s2.var()) / n).sqrt()
     print(f"ELBO collapsed {s1.mean():.3f} (var {s1.var():.3f}), explicit z {s2.mean():.3f} (var {s2.var():.3f})")
     assert abs(s1.mean() - s2.mean()) < 4 * se

@@ -4,28 +4,29 @@ The paper's eq. (7) formulation with ``z`` sampled explicitly.
 
 :class:`ExplicitStateModel` writes the KVAE's generative story step by step
 (per-step sites ``z_t``, ``a_t`` under :func:`pyro.markov`, ``alpha_t`` fed by
-the sampled ``a_{t-1}``), and :class:`ExplicitStateGuide` draws
-``a_t ~ q(a_t | x_t)`` from the encoder and ``z ~ p_gamma(z | a)`` by
-forward-filter backward-sample, registering the backward conditionals
-``p(z_t | z_{t+1}, a_{<=t})`` as the ``z_t`` sites. Together they give the
-ELBO estimator of eq. (7)::
+the sampled ``a_{t-1}``), and :class:`ExplicitStateGuide` draws ``a`` as the
+collapsed guide does (the encoder for observed frames and, with missing frames,
+``p_gamma_hat(a_un | a_obs)``, registered as per-step sites ``a_t``) and then
+``z ~ p_gamma(z | a)`` by forward-filter backward-sample, registering the
+backward conditionals ``p(z_t | z_{t+1}, a_{<=t})`` as the ``z_t`` sites.
+Together they give the ELBO estimator of eq. (7)::
 
-    log p(x|a) + log p(a, z|u) - log q(a|x) - log p(z|a, u)
+    log p(x_obs | a) + log p(a, z | u) - log q(a | x) - log p(z | a, u)
 
 Since ``p(a, z) / p(z | a) = p(a)`` for every ``z``, each sample of this
-estimator equals the one of ``KVAE.model`` + ``KVAE.guide`` given the same ``a``
-(``tests/test_models.py`` checks this). Both support vectorised particles
-(``Trace_ELBO(num_particles=K, vectorize_particles=True)``). Fully observed
-sequences only: with missing frames the missing ``a_t`` would need per-step guide
-sites drawn after ``z``, which this formulation does not have yet.
+estimator equals the one of ``KVAE.model`` + ``KVAE.guide`` given the same ``a``,
+with or without missing frames (``tests/test_models.py`` checks this). Both
+support vectorised particles (``Trace_ELBO(num_particles=K, vectorize_particles=True)``).
 """
 
 import pyro
 import pyro.distributions as dist
 import torch
 from pyro import poutine
+from pyro.distributions import TorchDistribution, constraints
 
 from ..ops.kalman import backward_conditional, kalman_filter
+from .guides import EncoderSmootherPosterior
 
 
 def _mv(M, v):
@@ -39,10 +40,9 @@ class ExplicitStateModel:
         self.kvae = kvae
 
     def __call__(self, x, u=None, mask=None):
-        if mask is not None:
-            raise ValueError("ExplicitStateModel supports fully observed sequences only (mask=None)")
+        """``x (batch, T, *frame_shape)``, ``u (batch, T, dim_u)``, ``mask (batch, T)`` (True where observed)."""
         kvae, prior = self.kvae, self.kvae.prior
-        x, u, _ = kvae.check_inputs(x, u)
+        x, u, mask = kvae.check_inputs(x, u, mask)
         N, T = x.shape[:2]
         with pyro.plate("sequences", N):
             z, a, state = None, [], None
@@ -61,27 +61,67 @@ class ExplicitStateModel:
                 a.append(a_prev)
             a = torch.stack(a, -2)
             px = kvae.frame_distribution(kvae.decoder(a))
+            if mask is not None:
+                px = px.mask(kvae.frame_mask(mask))
             with poutine.scale(scale=kvae.scale_reconstruction):
                 pyro.sample("x", px.to_event(1 + len(kvae.frame_shape)), obs=x)
         return a
 
 
+class _StepOfJointDraw(TorchDistribution):
+    """
+    Site ``a_t`` of one joint draw ``a (batch, T, dim_a) ~ q`` (an
+    :class:`~pyro_kvae.models.guides.EncoderSmootherPosterior`): ``rsample`` returns step ``t``
+    of the draw (made once per batch shape, so vectorised particles get independent draws);
+    ``log_prob`` is the encoder's term for the sequences observed at ``t`` and 0 for the others,
+    whose density ``log p_gamma_hat(a_un | a_obs)`` the guide adds as one factor.
+    """
+
+    arg_constraints = {}
+    support = constraints.real_vector
+    has_rsample = True
+
+    def __init__(self, q, t: int, draws: dict, batch_shape=None):
+        self.q, self.t, self.draws = q, t, draws
+        super().__init__(q.batch_shape if batch_shape is None else batch_shape, q.event_shape[-1:], validate_args=False)
+
+    def expand(self, batch_shape, _instance=None):
+        return _StepOfJointDraw(self.q, self.t, self.draws, torch.Size(batch_shape))
+
+    def rsample(self, sample_shape=torch.Size()):
+        shape = torch.Size(sample_shape) + self.batch_shape
+        if shape not in self.draws:
+            self.draws[shape] = self.q.expand(shape).rsample()
+        return self.draws[shape][..., self.t, :]
+
+    def log_prob(self, value):
+        lp = dist.Normal(self.q.loc[..., self.t, :], self.q.scale[..., self.t, :]).log_prob(value).sum(-1)
+        return torch.where(self.q.mask[..., self.t], lp, lp.new_zeros(()))
+
+
 class ExplicitStateGuide:
-    """Encoder for ``a_t``, exact joint FFBS for ``z`` (sequential backward sites ``z_{T-1} .. z_0``)."""
+    """
+    ``a`` as the collapsed guide draws it (per-step sites ``a_t``), then exact joint FFBS for
+    ``z`` given ``a`` (sequential backward sites ``z_{T-1} .. z_0``).
+    """
 
     def __init__(self, kvae):
         self.kvae = kvae
 
     def __call__(self, x, u=None, mask=None):
-        if mask is not None:
-            raise ValueError("ExplicitStateGuide supports fully observed sequences only (mask=None)")
         kvae, prior = self.kvae, self.kvae.prior
-        x, u, _ = kvae.check_inputs(x, u)
+        x, u, mask = kvae.check_inputs(x, u, mask)
         N, T = x.shape[:2]
-        loc, scale = kvae.encoder(x)
+        loc, scale = (v.to(x.dtype) for v in kvae.encoder(x))
         with pyro.plate("sequences", N):
-            a = [pyro.sample(f"a_{t}", dist.Normal(loc[:, t], scale[:, t]).to_event(1)) for t in range(T)]
-            a = torch.stack(a, -2)  # (batch, T, dim_a), or (particles, batch, T, dim_a)
+            if mask is None:
+                a = [pyro.sample(f"a_{t}", dist.Normal(loc[:, t], scale[:, t]).to_event(1)) for t in range(T)]
+                a = torch.stack(a, -2)  # (batch, T, dim_a), or (particles, batch, T, dim_a)
+            else:
+                q, draws = EncoderSmootherPosterior(loc, scale, mask, prior, u), {}
+                a = torch.stack([pyro.sample(f"a_{t}", _StepOfJointDraw(q, t, draws)) for t in range(T)], -2)
+                # the missing steps' joint density, from the site values (also when they are replayed)
+                pyro.factor("a_missing_given_observed", q.missing_log_prob(a), has_rsample=True)
             A, B, C = prior.mix(prior.dynamics(a))
             b = None if u is None else _mv(B, u)
             f = kalman_filter(a, A, C, prior.Q, prior.R, prior.mu0, prior.Sigma0, b=b)

@@ -87,8 +87,15 @@ class EncoderSmootherPosterior(TorchDistribution):
     def log_prob(self, value):
         encoder = dist.Normal(self.loc, self.scale).log_prob(value).sum(-1)
         encoder = torch.where(self.mask, encoder, encoder.new_zeros(())).sum(-1)
+        return encoder + self.missing_log_prob(value)
+
+    @full_precision
+    def missing_log_prob(self, value):
+        """``log p_gamma_hat(a_un | a_obs)`` of ``value (..., batch, T, dim_a)``, shape ``(..., batch)``."""
+        if value.shape[:-2] != self.batch_shape:  # e.g. particles
+            return self.expand(value.shape[:-2]).missing_log_prob(value)
         full, observed = self._lgssms(value)
-        return encoder + full.log_prob(value) - observed.log_prob(value)
+        return full.log_prob(value) - observed.log_prob(value)
 
 
 class SmoothingGuide:
