@@ -30,3 +30,15 @@ def make_mask(kind, batch, T, seed=0):
 
 
 MASK_KINDS = ["none", "random", "stretch"]
+
+
+@pytest.fixture(scope="module")
+def data_path(tmp_path_factory):
+    """A small bouncing-ball dataset file (16x16, T=8; 32/8/8 sequences) for training tests."""
+    from test_train import SMALL_BOX
+
+    from pyro_kvae.data import generate, save
+
+    path = str(tmp_path_factory.mktemp("data") / "box16.npz")
+    save(path, generate("box", (32, 8, 8), seed=0, progress=False, **SMALL_BOX))
+    return path

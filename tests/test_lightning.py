@@ -9,20 +9,13 @@ import sys
 
 import pytest
 import torch
-from test_train import SMALL_BOX, config
+from test_train import config
 
-from pyro_kvae.data import VideoDataset, generate, save
+from pyro_kvae.data import VideoDataset
 from pyro_kvae.train import METRICS, Trainer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tests"))
-
-
-@pytest.fixture(scope="module")
-def data_path(tmp_path_factory):
-    path = str(tmp_path_factory.mktemp("data") / "box16.npz")
-    save(path, generate("box", (32, 8, 8), seed=0, progress=False, **SMALL_BOX))
-    return path
 
 
 def test_ddp_matches_one_process_on_the_same_global_batch(tmp_path, data_path):

@@ -29,13 +29,6 @@ sys.path.insert(0, os.path.join(ROOT, "examples"))
 import bouncing_ball  # noqa: E402
 
 
-@pytest.fixture(scope="module")
-def data_path(tmp_path_factory):
-    path = str(tmp_path_factory.mktemp("data") / "box16.npz")
-    save(path, generate("box", (32, 8, 8), seed=0, progress=False, **SMALL_BOX))
-    return path
-
-
 def log_epochs(run_dir):
     with open(os.path.join(run_dir, METRICS)) as f:
         return [json.loads(line)["epoch"] for line in f]
@@ -202,14 +195,19 @@ def test_kill_at_random_moments_never_breaks_the_run(tmp_path, data_path):
     run dir after each kill and after each restart; then finish and compare with a straight run."""
     run = str(tmp_path / "run")
     rng = random.Random(0)
-    progress = []
+    progress, epoch_seconds = [], None
     for _ in range(10):
         proc, start = run_worker(run, data_path, 1000)
         assert temporaries(run) == []  # what the last kill left is gone
         assert check_run_dir(run, exact=True) == start
         proc.stdin.write("go\n")
         proc.stdin.flush()
-        time.sleep(rng.uniform(0.0, 0.6))
+        assert proc.stdout.readline().startswith("training"), proc.stderr.read()
+        if epoch_seconds is None:  # the first run: time one epoch on this machine as it is loaded now
+            t0 = time.perf_counter()
+            assert proc.stdout.readline().startswith("epoch 1"), proc.stderr.read()
+            epoch_seconds = time.perf_counter() - t0
+        time.sleep(rng.uniform(0.0, 3 * epoch_seconds))  # anywhere in the next few epochs
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         progress.append(check_run_dir(run, exact=False))
