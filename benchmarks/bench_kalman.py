@@ -12,11 +12,15 @@ and pyro.distributions.GaussianHMM (float32), at (batch, T, dim_z, dim_a) =
 """
 
 import argparse
+import os
+import sys
 import time
 
 import torch
 
-from pyro_kvae.distributions import LinearGaussianSSM
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from pyro_kvae.distributions import LinearGaussianSSM  # noqa: E402
 from pyro_kvae.ops.kalman import backward_conditional, kalman_filter, kalman_smoother
 from pyro_kvae.ops.lgssm import lgssm_log_prob, lgssm_posterior_rsample
 from pyro_kvae.ops.sqrt_kalman import sqrt_kalman_filter, sqrt_posterior_rsample, sqrt_rts_smoother
@@ -147,6 +151,15 @@ def main(args):
                 fn = make(m, a, p)
                 cells.append("n/a" if fn is None else f"{timeit(fn, args.repeat, args.device):.1f} ms")
             print(f"| {task} | {size} | " + " | ".join(cells) + " |", flush=True)
+    try:  # the compiled anchor, when the optional bench extra is installed
+        import dynamax  # noqa: F401
+    except ImportError:
+        print('\ndynamax is not installed (pip install -e ".[bench]"): no comparison with a compiled library')
+        return
+    import bench_dynamax
+
+    print("\nagainst dynamax (benchmarks/bench_dynamax.py):")
+    bench_dynamax.main(args)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,132 @@
+# SPDX-License-Identifier: Apache-2.0
+"""
+pyro_kvae's Kalman core beside dynamax (JAX, jit-compiled sequential filter and
+smoother), on the same data, with the log-likelihoods checked to agree.
+
+Two workloads, each at (batch, T, dim_z, dim_a) = (64, 20, 4, 2) and (64, 100, 8, 4):
+
+* time-varying ``A_t``, ``C_t`` per sequence (the KVAE's case);
+* time-invariant ``A``, ``C`` shared by all sequences (a time dim of 1 here).
+
+Tasks: ``log p(a)`` + gradient (w.r.t. ``A``, ``C``, ``a``) and smoothed means. Ours is
+``LinearGaussianSSM`` as the package uses it (float64 inside, float32 in and out);
+dynamax runs in float32. Needs the optional ``bench`` extra (jax, dynamax)::
+
+    pip install -e ".[bench]"
+    python benchmarks/bench_dynamax.py [--repeat 7] [--threads 2]
+"""
+
+import argparse
+import time
+
+import numpy as np
+import torch
+
+from pyro_kvae.distributions import LinearGaussianSSM
+
+SIZES = [(64, 20, 4, 2), (64, 100, 8, 4)]
+
+
+def problem(batch, T, dz, da, varying, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    shape = (batch, T) if varying else (1,)
+    A = torch.eye(dz) + 0.05 * torch.randn(*shape, dz, dz, generator=g) / dz**0.5
+    C = torch.randn(*shape, da, dz, generator=g) / dz**0.5
+    p = dict(A=A, C=C, Q=0.08 * torch.eye(dz), R=0.03 * torch.eye(da), mu0=torch.zeros(dz), Sigma0=20 * torch.eye(dz))
+    a = LinearGaussianSSM(p["mu0"], p["Sigma0"], A.expand(batch, T, dz, dz) if not varying else A, p["Q"],
+                          C.expand(batch, T, da, dz) if not varying else C, p["R"]).sample()  # fmt: skip
+    return a, p
+
+
+def timeit(fn, repeat, sync=lambda out: None):
+    sync(fn())  # warm up (and compile)
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        sync(fn())
+        times.append(time.perf_counter() - t0)
+    return 1e3 * float(np.median(times))
+
+
+def ours(a, p, varying):
+    def dist(A, C):
+        return LinearGaussianSSM(p["mu0"], p["Sigma0"], A, p["Q"], C, p["R"], duration=a.shape[-2])
+
+    def log_prob_grad():
+        A, C, x = (t.clone().requires_grad_() for t in (p["A"], p["C"], a))
+        lp = dist(A, C).log_prob(x)
+        lp.sum().backward()
+        return lp.detach()
+
+    def smooth():
+        with torch.no_grad():
+            return dist(p["A"], p["C"]).smooth(a).mean
+
+    return log_prob_grad, smooth
+
+
+def theirs(a, p, varying):
+    import jax
+    import jax.numpy as jnp
+    from dynamax.linear_gaussian_ssm import lgssm_filter, lgssm_smoother
+    from dynamax.linear_gaussian_ssm.inference import (
+        ParamsLGSSM,
+        ParamsLGSSMDynamics,
+        ParamsLGSSMEmissions,
+        ParamsLGSSMInitial,
+    )
+
+    dz, da = p["A"].shape[-1], p["C"].shape[-2]
+    j = lambda t: jnp.asarray(t.numpy())  # noqa: E731
+    Q, R, mu0, S0, y = j(p["Q"]), j(p["R"]), j(p["mu0"]), j(p["Sigma0"]), j(a)
+
+    def params(F, H):
+        return ParamsLGSSM(
+            initial=ParamsLGSSMInitial(mean=mu0, cov=S0),
+            dynamics=ParamsLGSSMDynamics(weights=F, bias=jnp.zeros(dz), input_weights=jnp.zeros((dz, 0)), cov=Q),
+            emissions=ParamsLGSSMEmissions(weights=H, bias=jnp.zeros(da), input_weights=jnp.zeros((da, 0)), cov=R),
+        )
+
+    axes = 0 if varying else None  # time-varying: per sequence (batch, T, ...); else one shared matrix
+
+    def loglik(F, H, y):
+        return jax.vmap(lambda F, H, y: lgssm_filter(params(F, H), y).marginal_loglik, in_axes=(axes, axes, 0))(F, H, y)
+
+    F, H = (j(p["A"]), j(p["C"])) if varying else (j(p["A"][0]), j(p["C"][0]))
+    value_and_grad = jax.jit(jax.value_and_grad(lambda F, H, y: loglik(F, H, y).sum(), argnums=(0, 1, 2)))
+    lls = jax.jit(loglik)
+    smooth = jax.jit(
+        lambda F, H, y: jax.vmap(
+            lambda F, H, y: lgssm_smoother(params(F, H), y).smoothed_means, in_axes=(axes, axes, 0)
+        )(F, H, y)
+    )
+    sync = lambda out: jax.block_until_ready(out)  # noqa: E731
+    return (lambda: value_and_grad(F, H, y)), (lambda: smooth(F, H, y)), (lambda: np.asarray(lls(F, H, y))), sync
+
+
+def main(args):
+    torch.set_num_threads(args.threads)
+    import jax
+
+    print(f"torch {torch.__version__} ({torch.get_num_threads()} threads), jax {jax.__version__} ({jax.devices()[0]}), "
+          f"median of {args.repeat}, milliseconds")  # fmt: skip
+    print("| workload (batch, T, dim_z, dim_a) | task | ours | dynamax | ratio | max rel. diff. of log p |")
+    print("|---|---|---|---|---|---|")
+    for varying in (True, False):
+        for size in SIZES:
+            a, p = problem(*size, varying)
+            lp_grad, smooth = ours(a, p, varying)
+            j_grad, j_smooth, j_ll, sync = theirs(a, p, varying)
+            diff = float(np.max(np.abs(lp_grad().numpy() - j_ll()) / np.abs(j_ll())))
+            kind = "time-varying" if varying else "time-invariant"
+            for task, mine, other in (("log p(a) + gradient", lp_grad, j_grad), ("smoothed means", smooth, j_smooth)):
+                t_ours, t_jax = timeit(mine, args.repeat), timeit(other, args.repeat, sync)
+                print(f"| {kind} {size} | {task} | {t_ours:.1f} | {t_jax:.1f} | {t_ours / t_jax:.1f}x | {diff:.1e} |",
+                      flush=True)  # fmt: skip
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeat", type=int, default=7)
+    parser.add_argument("--threads", type=int, default=2)
+    main(parser.parse_args())
