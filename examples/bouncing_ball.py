@@ -165,16 +165,13 @@ def fit_frame_shape(args, train):
     """For a new run: the config with the data's frame shape, unless the frame flags were given
     (then they must agree with the data)."""
     shape = train.frame_shape
-    data = dict(frame_size=shape[-2], frame_width=shape[-1], channels=shape[0] if len(shape) == 3 else 1)
-    if shape[-1] == shape[-2]:
-        data["frame_width"] = 0
     given = {k: getattr(args, k) for k in FRAME_FLAGS if k in args.explicit}
     if given:
         expected = KVAEConfig(**{**args.config.to_dict(), **given}).frame_shape
         if expected != shape:
             raise SystemExit(f"error: the frame flags give frames of shape {expected}, {args.data} holds {shape}")
         return args.config
-    return KVAEConfig(**{**args.config.to_dict(), **data})
+    return KVAEConfig(**{**args.config.to_dict(), **KVAEConfig.frame_fields(shape)})
 
 
 def load_data(args):

@@ -21,7 +21,7 @@ from pyro.nn.module import to_pyro_module_
 from torch import nn
 from tqdm import tqdm
 
-from .nn.vae import frame_distribution
+from .nn.vae import frame_distribution, frame_mask
 
 
 class RNNBaseline(nn.Module):
@@ -79,7 +79,7 @@ class RNNBaseline(nn.Module):
     @torch.no_grad()
     def impute(self, x, mask):
         """Frames ``(batch, T, H, W)``: decoded LSTM predictions at missing steps, reconstructions elsewhere."""
-        x = torch.where(mask.reshape(mask.shape + (1,) * len(self.frame_shape)), x, x.new_zeros(()))
+        x = torch.where(frame_mask(mask, self.frame_shape), x, x.new_zeros(()))
         a, _ = self.encoder(x)
         filled, _ = self.predict(a, mask)
         return frame_distribution(self.decoder(filled), self.likelihood).mean

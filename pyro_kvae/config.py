@@ -138,6 +138,16 @@ class KVAEConfig:
         hw = (self.frame_size, self.frame_width or self.frame_size)
         return hw if self.channels == 1 else (self.channels,) + hw
 
+    @staticmethod
+    def frame_fields(shape) -> dict:
+        """The fields ``frame_size``, ``frame_width``, ``channels`` that give ``frame_shape == shape``."""
+        shape = tuple(shape)
+        return dict(
+            frame_size=shape[-2],
+            frame_width=0 if shape[-1] == shape[-2] else shape[-1],
+            channels=shape[0] if len(shape) == 3 else 1,
+        )
+
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 

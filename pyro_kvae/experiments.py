@@ -199,11 +199,9 @@ def main(argv=None):
         train = train.take(args.n_train)
     start = time.perf_counter()
 
-    shape = train.frame_shape  # the data's: (H, W) or (C, H, W)
     config = KVAEConfig(epochs=args.epochs, conv_filters=tuple(args.filters), seed=args.seed, device=device,
                         kf_update_epochs=min(10, args.epochs // 4), dynamics=args.dynamics,
-                        likelihood=args.likelihood, frame_size=shape[-2], frame_width=shape[-1],
-                        channels=shape[0] if len(shape) == 3 else 1)  # fmt: skip
+                        likelihood=args.likelihood, **KVAEConfig.frame_fields(train.frame_shape))  # fmt: skip
     trainer = Trainer(config, run_dir=os.path.join(run_dir, "kvae"), overwrite=True)  # the runner always retrains
     trainer.fit(train)
     kvae_time = time.perf_counter() - start

@@ -136,11 +136,12 @@ def _whole_batch(batch):
 def _loader(data, batch_size: int, world_size: int, rank: int, seed: int, shuffle: bool):
     """Each rank takes its own shard (``DistributedSampler``; one shard on one device), shuffled
     by ``seed + epoch``; the loader draws its base seed from its own generator, not the global one."""
+    sequences = _Sequences(data)
     sampler = torch.utils.data.DistributedSampler(
-        _Sequences(data), num_replicas=world_size, rank=rank, shuffle=shuffle, seed=seed
+        sequences, num_replicas=world_size, rank=rank, shuffle=shuffle, seed=seed
     )
     return torch.utils.data.DataLoader(
-        _Sequences(data), batch_size=batch_size, sampler=sampler, collate_fn=_whole_batch,
+        sequences, batch_size=batch_size, sampler=sampler, collate_fn=_whole_batch,
         generator=torch.Generator().manual_seed(seed),
     )  # fmt: skip
 

@@ -19,7 +19,7 @@ from pyro.nn import PyroModule, pyro_method
 from pyro.nn.module import to_pyro_module_
 from torch import nn
 
-from ..nn.vae import PIXEL_VAR_FLOOR, frame_distribution, frame_shape
+from ..nn.vae import PIXEL_VAR_FLOOR, frame_distribution, frame_mask, frame_shape
 from .guides import SmoothingGuide
 from .prior import KalmanPrior
 
@@ -127,7 +127,7 @@ class KVAE(PyroModule):
 
     def frame_mask(self, mask):
         """``mask (batch, T)`` with singleton dims for the frame: ``(batch, T, 1, 1[, 1])``."""
-        return mask.reshape(mask.shape + (1,) * len(self.frame_shape))
+        return frame_mask(mask, self.frame_shape)
 
     @pyro_method
     def pixel_variance(self):

@@ -46,6 +46,11 @@ def frame_shape(size) -> Tuple[int, ...]:
     return shape
 
 
+def frame_mask(mask: torch.Tensor, shape) -> torch.Tensor:
+    """``mask (batch, T)`` with singleton dims for frames of ``shape``: ``(batch, T, 1, 1[, 1])``."""
+    return mask.reshape(mask.shape + (1,) * len(shape))
+
+
 def _channels(shape) -> int:
     return shape[0] if len(shape) == 3 else 1
 
