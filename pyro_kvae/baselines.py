@@ -11,17 +11,21 @@ prediction otherwise (like filtering in the KVAE), and the decoder draws the
 frames.
 """
 
+import math
+import os
+import time
 from typing import Optional
 
 import pyro
 import pyro.distributions as dist
 import torch
+from pyro import poutine
 from pyro.nn import PyroModule
 from pyro.nn.module import to_pyro_module_
 from torch import nn
 from tqdm import tqdm
 
-from .nn.vae import frame_distribution, frame_mask
+from .nn.vae import PIXEL_VAR_FLOOR, frame_distribution, frame_mask
 
 
 class RNNBaseline(nn.Module):
@@ -85,6 +89,46 @@ class RNNBaseline(nn.Module):
         return frame_distribution(self.decoder(filled), self.likelihood).mean
 
 
+def free_running_mask(shape, generator=None, device=None) -> torch.Tensor:
+    """
+    Training masks for the LSTM: each sequence drops its frames after the first with its own
+    probability ``p ~ U(0, 1)``, so the network learns to run on its own predictions for gaps
+    of every length, as it must at test time. Bool ``(batch, T)``, True where observed.
+    """
+    N, T = shape
+    p = torch.rand(N, 1, generator=generator)
+    mask = torch.rand(N, T, generator=generator) >= p
+    mask[:, 0] = True
+    return mask.to(device)
+
+
+@torch.no_grad()
+def reconstruction_error(model: RNNBaseline, x: torch.Tensor, batch_size: int = 4096) -> float:
+    """Fraction of wrong pixels of the auto-encoder's reconstructions (encoder means) of frames
+    ``x (..., *frame_shape)``: the floor under the baseline's imputations."""
+    frames = x.flatten(0, x.dim() - len(model.frame_shape) - 1)
+    device = next(model.parameters()).device
+    wrong = 0.0
+    for chunk in frames.split(batch_size):
+        chunk = chunk.to(device)
+        mean = frame_distribution(model.decoder(model.encoder(chunk)[0]), model.likelihood).mean
+        wrong += ((mean > 0.5) != (chunk > 0.5)).float().sum().item()
+    return wrong / frames.numel()
+
+
+@torch.no_grad()
+def imputation_error(model: RNNBaseline, x: torch.Tensor, mask: torch.Tensor, batch_size: int = 256) -> float:
+    """Fraction of wrong pixels on the frames of ``x (N, T, *frame_shape)`` where ``mask (N, T)`` is False."""
+    device = next(model.parameters()).device
+    wrong = missing = 0.0
+    for xb, mb in zip(x.split(batch_size), mask.split(batch_size)):
+        xb, mb = xb.to(device), mb.to(device)
+        err = ((model.impute(xb, mb) > 0.5) != (xb > 0.5)).float().flatten(2).mean(-1)
+        wrong += err[~mb].sum().item()
+        missing += (~mb).sum().item()
+    return wrong / max(missing, 1.0)
+
+
 def train_rnn_baseline(
     model: RNNBaseline,
     x: torch.Tensor,
@@ -95,58 +139,264 @@ def train_rnn_baseline(
     seed: int = 0,
     device: Optional[str] = None,
     progress: bool = True,
-):
+    valid: Optional[torch.Tensor] = None,
+    checkpoint: Optional[str] = None,
+    desc: str = "baseline",
+) -> dict:
     """
-    Trains ``model`` on videos ``x (N, T, H, W)``: first the (V)AE on all frames,
-    then the LSTM on the (fixed) encoder means, predicting ``a_t`` from ``a_{<t}``.
-    Returns the final losses ``(autoencoder, rnn)``.
+    Trains ``model`` on videos ``x (N, T, *frame_shape)`` in two stages (paper section 5.1):
+
+    1. the auto-encoder (VAE for VAE-RNN) on single frames, ``epochs_ae`` passes over all
+       frames in batches of ``batch_size`` sequences' frames;
+    2. the LSTM on the fixed encoder means, predicting ``a_t`` from its inputs; each sequence
+       drops frames with its own probability (:func:`free_running_mask`) and the LSTM reads its
+       own prediction where a frame is dropped, exactly as in :meth:`RNNBaseline.impute`.
+
+    With ``valid (N', T, *frame_shape)`` each stage keeps the weights of its best epoch on it
+    (stage 1: reconstruction error; stage 2: imputation error under fixed random masks).
+    With ``checkpoint`` (a path) the state is written atomically after every epoch and an
+    interrupted run continues from it.
+
+    :returns: ``{"history": [...], "reconstruction_error_valid": ..., "imputation_error_valid": ...}``
+        (the validation numbers of the kept weights, NaN without ``valid``).
     """
+    from .files import remove_temporaries
+    from .train import atomic_save, load_checkpoint
+
+    if epochs_ae < 1 or epochs_rnn < 1:
+        raise ValueError(f"epochs_ae and epochs_rnn must be at least 1, got {epochs_ae} and {epochs_rnn}")
     device = torch.device(device or "cpu")
     model.to(device)
     g = torch.Generator().manual_seed(seed)
     ae_params = list(model.encoder.parameters()) + list(model.decoder.parameters())
-    opt = torch.optim.Adam(ae_params, lr=lr)
-    frames = x.flatten(0, 1)  # (N * T, *frame_shape)
-    ae_loss = rnn_loss = float("nan")
-    for _ in tqdm(range(epochs_ae), desc="autoencoder", disable=not progress):
-        for idx in torch.randperm(len(frames), generator=g).split(batch_size * x.shape[1]):
-            loss = model.autoencoder_loss(frames[idx].to(device))
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            ae_loss = loss.item()
-    with torch.no_grad():
-        codes = torch.cat([model.encoder(x[i : i + 256].to(device))[0] for i in range(0, len(x), 256)])
     rnn_params = list(model.lstm.parameters()) + list(model.head.parameters()) + [model.a0]
-    opt = torch.optim.Adam(rnn_params, lr=lr)
-    for _ in tqdm(range(epochs_rnn), desc="rnn", disable=not progress):
-        for idx in torch.randperm(len(x), generator=g).split(batch_size):
-            a = codes[idx.to(device)]
-            _, pred = model.predict(a)
-            loss = (pred - a).pow(2).sum(-1).mean()
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            rnn_loss = loss.item()
-    return ae_loss, rnn_loss
+    state = {"stage": "ae", "epoch": 0, "history": [], "best": None, "best_score": math.inf}
+    optimizers = {"ae": torch.optim.Adam(ae_params, lr=lr), "rnn": torch.optim.Adam(rnn_params, lr=lr)}
+    if checkpoint is not None and os.path.exists(checkpoint):
+        saved = load_checkpoint(checkpoint, keys=("model", "optimizers", "state", "rng"))
+        model.load_state_dict(saved["model"])
+        for k, opt in optimizers.items():
+            opt.load_state_dict(saved["optimizers"][k])
+        state = saved["state"]
+        g.set_state(saved["rng"][0])
+        torch.set_rng_state(saved["rng"][1])  # the VAE's noise
+    if checkpoint is not None:
+        remove_temporaries(os.path.dirname(os.path.abspath(checkpoint)))
+    valid_mask = None if valid is None else free_running_mask(valid.shape[:2], torch.Generator().manual_seed(seed + 1))
+    frames = x.flatten(0, 1)  # (N * T, *frame_shape)
+    codes = None
+
+    def score(stage):
+        if valid is None:
+            return math.inf
+        model.eval()
+        out = reconstruction_error(model, valid) if stage == "ae" else imputation_error(model, valid, valid_mask)
+        model.train()
+        return out
+
+    epochs = {"ae": epochs_ae, "rnn": epochs_rnn}
+    bar = tqdm(total=epochs_ae + epochs_rnn, initial=len(state["history"]), desc=desc, disable=not progress)
+    for stage in ("ae", "rnn"):
+        if state["stage"] != stage:
+            continue
+        if stage == "rnn":
+            with torch.no_grad():
+                model.eval()
+                codes = torch.cat([model.encoder(x[i : i + 256].to(device))[0] for i in range(0, len(x), 256)])
+                model.train()
+        while state["stage"] == stage:
+            total, n, started = 0.0, 0, time.perf_counter()
+            if stage == "ae":
+                for idx in torch.randperm(len(frames), generator=g).split(batch_size * x.shape[1]):
+                    loss = model.autoencoder_loss(frames[idx].to(device))
+                    optimizers[stage].zero_grad()
+                    loss.backward()
+                    optimizers[stage].step()
+                    total, n = total + loss.detach(), n + 1
+            else:
+                for idx in torch.randperm(len(x), generator=g).split(batch_size):
+                    a = codes[idx.to(device)]
+                    _, pred = model.predict(a, free_running_mask(a.shape[:2], g, device))
+                    loss = (pred - a).pow(2).sum(-1).mean()
+                    optimizers[stage].zero_grad()
+                    loss.backward()
+                    optimizers[stage].step()
+                    total, n = total + loss.detach(), n + 1
+            state["epoch"] += 1
+            s = score(stage)
+            row = {"stage": stage, "epoch": state["epoch"], "train_loss": float(total / n), "valid_error": s,
+                   "seconds": round(time.perf_counter() - started, 3)}
+            state["history"].append({k: (None if v == math.inf else v) for k, v in row.items()})
+            if valid is not None and s <= state["best_score"]:
+                state["best_score"] = s
+                state["best"] = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            if state["epoch"] == epochs[stage]:  # the stage is done: keep its best weights, go on
+                if state["best"] is not None:
+                    model.load_state_dict(state["best"])
+                state.update(stage="rnn" if stage == "ae" else "done", epoch=0, best=None, best_score=math.inf)
+                state[f"{stage}_valid_error"] = None if s == math.inf else score(stage)
+            if checkpoint is not None:
+                atomic_save({"model": model.state_dict(), "optimizers": {k: o.state_dict() for k, o in
+                             optimizers.items()}, "state": state, "rng": [g.get_state(), torch.get_rng_state()]},
+                            checkpoint)  # fmt: skip
+            bar.update()
+            bar.set_postfix(stage=stage, loss=f"{row['train_loss']:.3g}")
+    bar.close()
+    model.eval()
+    kept = {k: state.get(f"{k}_valid_error") for k in ("ae", "rnn")}
+    return {
+        "history": state["history"],
+        "reconstruction_error_valid": float("nan") if kept["ae"] is None else kept["ae"],
+        "imputation_error_valid": float("nan") if kept["rnn"] is None else kept["rnn"],
+    }
 
 
-class DMM(PyroModule):
+class SequenceModel(PyroModule):
+    """
+    What the table 1 baselines share: input checks and the frame likelihood
+    (``"bernoulli"``, or ``"gaussian_learned"`` with a learned per-pixel variance floored at
+    :data:`~pyro_kvae.nn.vae.PIXEL_VAR_FLOOR`, as the DVBF code and the paper's table 1).
+    ``recon_weight`` scales ``log p(x | z)`` (DVBF anneals it; 1 when reporting).
+    """
+
+    def __init__(self, frame_size: int, dim_u: int, likelihood: str):
+        super().__init__()
+        if likelihood not in ("bernoulli", "gaussian_learned"):
+            raise ValueError(f"likelihood must be 'bernoulli' or 'gaussian_learned', got {likelihood!r}")
+        self.frame_size, self.dim_u, self.likelihood = frame_size, dim_u, likelihood
+        self.recon_weight = 1.0
+        if likelihood == "gaussian_learned":
+            self.pixel_log_var = nn.Parameter(torch.full((frame_size, frame_size), math.log(0.1)))
+
+    def emission(self, out):
+        """``p(x_t | z_t)`` from the emitter's output ``(batch, H * W)``: batch shape ``(batch, H, W)``."""
+        out = out.unflatten(-1, (self.frame_size, self.frame_size))
+        var = PIXEL_VAR_FLOOR + self.pixel_log_var.exp() if self.likelihood == "gaussian_learned" else None
+        return frame_distribution(out, self.likelihood, var)
+
+    def check_inputs(self, x, u):
+        shape = f"(batch, T, {self.frame_size}, {self.frame_size})"
+        if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+            raise TypeError(f"x must be a floating point tensor of shape {shape}, got {type(x).__name__}")
+        if x.dim() != 4 or x.shape[2:] != (self.frame_size, self.frame_size):
+            raise ValueError(f"x must have shape {shape}, got {tuple(x.shape)}")
+        if self.dim_u == 0:
+            if u is not None and u.size(-1) != 0:
+                raise ValueError(f"this model has no controls (dim_u=0), got u of shape {tuple(u.shape)}")
+            return None
+        want = (x.shape[0], x.shape[1], self.dim_u)
+        if not isinstance(u, torch.Tensor) or tuple(u.shape) != want:
+            got = tuple(u.shape) if isinstance(u, torch.Tensor) else type(u).__name__
+            raise ValueError(f"u must be a tensor of shape (batch, T, dim_u) = {want}, got {got}")
+        return u.to(x.dtype)
+
+    def observe(self, t, z, x_t):
+        with poutine.scale(scale=self.recon_weight):
+            pyro.sample(f"x_{t}", self.emission(self.emitter(z)).to_event(2), obs=x_t)
+
+
+def _mlp(*sizes):
+    layers = []
+    for n, m in zip(sizes[:-1], sizes[1:]):
+        layers += [nn.Linear(n, m), nn.ReLU()]
+    return nn.Sequential(*layers[:-1])
+
+
+class DVBF(SequenceModel):
+    """
+    Deep variational Bayes filter, locally linear variant (Karl et al. 2017), the paper's
+    table 1 baseline. With ``alpha_t = softmax(W z_t + b)`` over ``M`` base matrices,
+
+    ``z_{t+1} = z_t + A_t z_t + B_t u_{t+1} + C_t w_{t+1}``,
+    ``(A_t, B_t, C_t) = sum_i alpha_t^i (A^i, B^i, C^i)``, ``w_t ~ N(0, I)``,
+
+    ``z_1 = g(w_1)`` (an MLP), ``x_t ~ p(x_t | MLP(z_t))``. Controls follow the KVAE's
+    convention: ``u[:, t]`` acts on the step into ``t`` (``u[:, 0]`` is unused).
+    The guide: ``w_1`` from a bidirectional LSTM over ``(x, u)``, then
+    ``q(w_{t+1} | z_t, x_{t+1}, u_{t+1})`` an MLP; ``z`` follows deterministically.
+    The base matrices are point estimates here (the original also puts a prior on them).
+
+    :param int frame_size: ``H == W``.
+    :param int dim_z: state dimension (also the dimension of ``w``).
+    :param int dim_u: control dimension.
+    :param int M: number of base matrices.
+    :param int hidden: units of the MLPs and of each direction of the LSTM.
+    :param str likelihood: ``"bernoulli"`` or ``"gaussian_learned"``.
+    """
+
+    def __init__(self, frame_size=16, dim_z=3, dim_u=0, M=16, hidden=128, likelihood="bernoulli", init_std=0.05):
+        super().__init__(frame_size, dim_u, likelihood)
+        n = frame_size * frame_size
+        self.dim_z = dim_z
+        self.A = nn.Parameter(init_std * torch.randn(M, dim_z, dim_z))
+        self.B = nn.Parameter(init_std * torch.randn(M, dim_z, dim_u))
+        self.C = nn.Parameter(init_std * torch.randn(M, dim_z, dim_z))
+        self.alpha = nn.Linear(dim_z, M)
+        self.initial = _mlp(dim_z, hidden, dim_z)
+        self.emitter = _mlp(dim_z, hidden, n)
+        self.rnn = nn.LSTM(n + dim_u, hidden, batch_first=True, bidirectional=True)
+        self.q_w1 = nn.Linear(2 * hidden, 2 * dim_z)
+        self.q_w = _mlp(dim_z + n + dim_u, hidden, 2 * dim_z)
+        to_pyro_module_(self)
+
+    def transition(self, z, u, w):
+        """``z_{t+1}`` from ``z (batch, dim_z)``, ``u (batch, dim_u)`` or ``None``, ``w (batch, dim_z)``."""
+        alpha = torch.softmax(self.alpha(z), -1)  # (batch, M)
+        A = torch.einsum("bm,mij->bij", alpha, self.A)
+        C = torch.einsum("bm,mij->bij", alpha, self.C)
+        step = (A @ z.unsqueeze(-1) + C @ w.unsqueeze(-1)).squeeze(-1)
+        if u is not None:
+            step = step + (torch.einsum("bm,mij->bij", alpha, self.B) @ u.unsqueeze(-1)).squeeze(-1)
+        return z + step
+
+    def _noise(self, N, t, like):
+        return pyro.sample(f"w_{t}", dist.Normal(like.new_zeros(N, self.dim_z), 1.0).to_event(1))
+
+    def model(self, x, u=None, mask=None):
+        """``x (batch, T, H, W)`` frames, ``u (batch, T, dim_u)`` controls."""
+        u = self.check_inputs(x, u)
+        N, T = x.shape[:2]
+        with pyro.plate("sequences", N):
+            z = self.initial(self._noise(N, 0, x))
+            for t in range(T):
+                if t > 0:
+                    z = self.transition(z, None if u is None else u[:, t], self._noise(N, t, x))
+                self.observe(t, z, x[:, t])
+
+    def guide(self, x, u=None, mask=None):
+        u = self.check_inputs(x, u)
+        N, T = x.shape[:2]
+        inputs = x.flatten(2) if u is None else torch.cat([x.flatten(2), u], -1)
+        h, _ = self.rnn(inputs)
+        half = h.size(-1) // 2
+        summary = torch.cat([h[:, -1, :half], h[:, 0, half:]], -1)  # forward end, backward start
+        with pyro.plate("sequences", N):
+            loc, s = self.q_w1(summary).chunk(2, -1)
+            w = pyro.sample("w_0", dist.Normal(loc, nn.functional.softplus(s) + 1e-3).to_event(1))
+            z = self.initial(w)
+            for t in range(1, T):
+                loc, s = self.q_w(torch.cat([z, inputs[:, t]], -1)).chunk(2, -1)
+                w = pyro.sample(f"w_{t}", dist.Normal(loc, nn.functional.softplus(s) + 1e-3).to_event(1))
+                z = self.transition(z, None if u is None else u[:, t], w)
+
+
+class DMM(SequenceModel):
     """
     Deep Markov model (Krishnan et al. 2017), the paper's table 1 baseline, in the style of
     Pyro's ``examples/dmm.py``: ``z_t ~ N(mu(z_{t-1}, u_t), sigma(z_{t-1}, u_t))`` with a gated
-    transition, ``x_t ~ Bernoulli(emitter(z_t))``; the guide runs an RNN backwards over the
+    transition, ``x_t ~ p(x_t | emitter(z_t))``; the guide runs an RNN backwards over the
     frames and combines its state with ``z_{t-1}``.
 
     :param int frame_size: ``H == W``.
     :param int dim_z: latent dimension.
     :param int dim_u: control dimension (0: none).
+    :param str likelihood: ``"bernoulli"`` or ``"gaussian_learned"``.
     """
 
-    def __init__(self, frame_size=16, dim_z=3, dim_u=0, hidden=100, rnn_hidden=100):
-        super().__init__()
+    def __init__(self, frame_size=16, dim_z=3, dim_u=0, hidden=100, rnn_hidden=100, likelihood="bernoulli"):
+        super().__init__(frame_size, dim_u, likelihood)
         n = frame_size * frame_size
-        self.frame_size, self.dim_z, self.dim_u = frame_size, dim_z, dim_u
+        self.dim_z = dim_z
         self.emitter = nn.Sequential(nn.Linear(dim_z, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),
                                      nn.Linear(hidden, n))  # fmt: skip
         self.gate = nn.Sequential(nn.Linear(dim_z + dim_u, hidden), nn.ReLU(), nn.Linear(hidden, dim_z), nn.Sigmoid())
@@ -168,17 +418,18 @@ class DMM(PyroModule):
         return loc, self.trans_scale(proposed) + 1e-3
 
     def model(self, x, u=None, mask=None):
-        """``x (batch, T, H, W)`` binary frames, ``u (batch, T, dim_u)`` controls."""
+        """``x (batch, T, H, W)`` frames, ``u (batch, T, dim_u)`` controls."""
+        u = self.check_inputs(x, u)
         N, T = x.shape[:2]
         with pyro.plate("sequences", N):
             z = self.z0.expand(N, -1)
             for t in pyro.markov(range(T)):
                 loc, scale = self._transition(z, None if u is None else u[:, t])
                 z = pyro.sample(f"z_{t}", dist.Normal(loc, scale).to_event(1))
-                logits = self.emitter(z).unflatten(-1, (self.frame_size, self.frame_size))
-                pyro.sample(f"x_{t}", dist.Bernoulli(logits=logits).to_event(2), obs=x[:, t])
+                self.observe(t, z, x[:, t])
 
     def guide(self, x, u=None, mask=None):
+        self.check_inputs(x, u)
         N, T = x.shape[:2]
         h, _ = self.rnn(x.flatten(-2).flip(1))
         h = h.flip(1)  # h_t summarises x_{t:T}
@@ -187,3 +438,91 @@ class DMM(PyroModule):
             for t in pyro.markov(range(T)):
                 c = self.combine(torch.cat([z, h[:, t]], -1))
                 z = pyro.sample(f"z_{t}", dist.Normal(self.q_loc(c), self.q_scale(c) + 1e-3).to_event(1))
+
+
+def train_sequence_model(
+    model: SequenceModel,
+    train,
+    epochs: int,
+    batch_size: int = 32,
+    lr: float = 1e-3,
+    clip_norm: float = 10.0,
+    anneal: float = 0.5,
+    seed: int = 0,
+    device: Optional[str] = None,
+    valid=None,
+    checkpoint: Optional[str] = None,
+    progress: bool = True,
+    desc: str = "train",
+) -> list:
+    """
+    Trains a :class:`DMM` or :class:`DVBF` on ``train`` (``.x (N, T, H, W)``, ``.u (N, T, dim_u)``)
+    by maximising ``Trace_ELBO`` with Adam (gradient norm clipped at ``clip_norm``). The
+    reconstruction weight rises linearly from 0.01 to 1 over the first ``anneal`` fraction of
+    the steps (DVBF's annealing; 0 turns it off). With ``valid`` the weights of the epoch with
+    the best validation ELBO are kept; with ``checkpoint`` the state is written atomically after
+    every epoch and an interrupted run continues from it. Returns the per-epoch history.
+    """
+    from pyro.infer import Trace_ELBO
+
+    from .files import remove_temporaries
+    from .train import atomic_save, load_checkpoint
+
+    device = torch.device(device or "cpu")
+    model.to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    g = torch.Generator().manual_seed(seed)
+    state = {"epoch": 0, "history": [], "best": None, "best_elbo": -math.inf}
+    if checkpoint is not None and os.path.exists(checkpoint):
+        saved = load_checkpoint(checkpoint, keys=("model", "optimizer", "state", "rng"))
+        model.load_state_dict(saved["model"])
+        opt.load_state_dict(saved["optimizer"])
+        state = saved["state"]
+        g.set_state(saved["rng"][0])
+        torch.set_rng_state(saved["rng"][1])  # Pyro's samples
+    if checkpoint is not None:
+        remove_temporaries(os.path.dirname(os.path.abspath(checkpoint)))
+    elbo = Trace_ELBO()
+    steps_per_epoch = -(-len(train) // batch_size)
+    ramp = max(1, int(anneal * epochs * steps_per_epoch))
+
+    def controls(data, idx):
+        u = data.u[idx].to(device)
+        return u if u.size(-1) else None
+
+    def valid_elbo():
+        model.recon_weight = 1.0
+        with torch.no_grad():
+            idx = torch.arange(len(valid))
+            return -elbo.loss(model.model, model.guide, valid.x.to(device), controls(valid, idx)) / len(valid)
+
+    for _ in tqdm(range(state["epoch"], epochs), desc=desc, disable=not progress):
+        started, total = time.perf_counter(), 0.0
+        for i, idx in enumerate(torch.randperm(len(train), generator=g).split(batch_size)):
+            step = state["epoch"] * steps_per_epoch + i
+            model.recon_weight = min(1.0, 0.01 + 0.99 * step / ramp) if anneal > 0 else 1.0
+            loss = elbo.differentiable_loss(model.model, model.guide, train.x[idx].to(device), controls(train, idx))
+            opt.zero_grad()
+            (loss / len(idx)).backward()
+            nn.utils.clip_grad_norm_(model.parameters(), clip_norm)
+            opt.step()
+            total += loss.item()
+        if not math.isfinite(total):
+            raise FloatingPointError(f"{desc}: the loss is not finite in epoch {state['epoch'] + 1}; try a lower lr")
+        state["epoch"] += 1
+        row = {"epoch": state["epoch"], "train_loss": total / len(train), "recon_weight": model.recon_weight}
+        if valid is not None and len(valid):
+            row["valid_elbo"] = valid_elbo()
+            if row["valid_elbo"] >= state["best_elbo"]:
+                state["best_elbo"] = row["valid_elbo"]
+                state["best"] = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        row["seconds"] = round(time.perf_counter() - started, 3)
+        state["history"].append(row)
+        if checkpoint is not None:
+            atomic_save({"model": model.state_dict(), "optimizer": opt.state_dict(), "state": state,
+                         "rng": [g.get_state(), torch.get_rng_state()]}, checkpoint)  # fmt: skip
+    if state["best"] is not None:
+        model.load_state_dict(state["best"])
+    model.recon_weight = 1.0
+    model.eval()
+    return state["history"]

@@ -31,6 +31,7 @@ import math
 import os
 import pickle
 import tempfile
+import time
 import warnings
 from typing import Optional
 
@@ -58,9 +59,11 @@ def atomic_save(obj, path: str) -> None:
     atomic_write(path, lambda f: torch.save(obj, f))
 
 
-def load_checkpoint(path: str) -> dict:
+def load_checkpoint(path: str, keys=None) -> dict:
     """
     Reads a checkpoint written by :class:`Trainer` (tensors and plain data only, no code).
+
+    :param keys: the entries it must hold (default: those of a :class:`Trainer` checkpoint).
 
     :raises FileNotFoundError: if there is none.
     :raises ValueError: naming the file and the fix if it is damaged or not a checkpoint.
@@ -80,7 +83,7 @@ def load_checkpoint(path: str) -> dict:
         raise ValueError(f"{path} is not a readable pyro-kvae checkpoint ({cause}). {fix}") from None
     except Exception as e:  # torch.load raises many types (RuntimeError, ...)
         raise unreadable(path, "pyro-kvae checkpoint", e, fix) from None
-    missing = [k for k in _STATE_KEYS if not isinstance(state, dict) or k not in state]
+    missing = [k for k in (_STATE_KEYS if keys is None else keys) if not isinstance(state, dict) or k not in state]
     if missing:
         raise ValueError(f"{path} is not a pyro-kvae checkpoint: it lacks {missing}. {fix}")
     return state
@@ -237,6 +240,10 @@ class _RunLog(lightning.Callback):
 
     def __init__(self, owner: "Trainer"):
         self.owner = owner
+        self.started = None
+
+    def on_train_epoch_start(self, trainer, plan):
+        self.started = time.perf_counter()
 
     def on_train_epoch_end(self, trainer, plan):
         o = self.owner
@@ -245,6 +252,7 @@ class _RunLog(lightning.Callback):
         record["lr"] = trainer.optimizers[0].param_groups[0]["lr"]
         if "valid_elbo" in m:
             record["valid_elbo"] = float(m["valid_elbo"])
+        record["seconds"] = round(time.perf_counter() - self.started, 3)  # wall time of the epoch (with validation)
         bad = {k: v for k, v in record.items() if not math.isfinite(v)}
         if bad:
             n = record["epoch"]

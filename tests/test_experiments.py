@@ -2,12 +2,13 @@
 """Baselines and the experiment runner."""
 
 import json
+import math
 import os
 
 import numpy as np
 import torch
 
-from pyro_kvae.baselines import RNNBaseline, train_rnn_baseline
+from pyro_kvae.baselines import RNNBaseline
 from pyro_kvae.data import generate, save
 from pyro_kvae.experiments import gap_mask, imputation_table, main
 from pyro_kvae.nn import MLPDecoder, MLPEncoder
@@ -46,42 +47,26 @@ def test_rnn_baseline_feeds_its_own_predictions_where_missing():
     assert torch.equal(model.predict(b, mask)[0], filled)
 
 
-def test_rnn_baseline_training_reduces_losses():
-    torch.manual_seed(0)
-    x = (torch.rand(32, 6, 4, 4) > 0.7).float()
-    for variational in (False, True):
-        model = RNNBaseline(MLPEncoder(4, 2, (16,)), MLPDecoder(4, 2, (16,)), variational)
-        before = model.autoencoder_loss(x.flatten(0, 1)).item()
-        ae, rnn = train_rnn_baseline(model, x, epochs_ae=20, epochs_rnn=2, batch_size=8, lr=1e-2, progress=False)
-        assert ae < before and rnn == rnn
-
-
 def test_experiment_runner(tmp_path, capsys):
     data = str(tmp_path / "box.npz")
     save(data, generate("box", (24, 4, 12), seed=0, progress=False))
     run = str(tmp_path / "exp")
-    main(
-        [
-            "box",
-            "--data",
-            data,
-            "--run-dir",
-            run,
-            "--epochs",
-            "1",
-            "--baseline-epochs",
-            "1",
-            "--n-test",
-            "12",
-            "--dynamics",
-            "mlp",
-        ]
-    )
+    args = ["box", "--data", data, "--run-dir", run, "--epochs", "1", "--n-test", "12", "--dynamics", "mlp"]
+    main(args)
     results = json.load(open(os.path.join(run, "results.json")))
     assert results["iwae_particles"] == 10 and results["kvae_test_iwae_bound"] < 0
     methods = {r["method"] for r in results["rows"]}
     assert methods == {"KVAE smoothing", "KVAE filtering", "VAE-RNN", "AE-RNN", "blank frames"}
-    assert len(results["rows"]) == 5 * (10 + 7)
+    assert len(results["rows"]) == 5 * (10 + 8)
+    assert results["seed"] == 0 and results["settings"]["epochs"] == 1 and results["versions"]["torch"]
+    assert results["kvae_train_seconds"] > 0 and results["n_valid"] == 4
+    for b in results["baselines"].values():
+        assert 0 <= b["reconstruction_error_test"] <= 1 and b["epochs_per_stage"] == 1 and b["train_seconds"] > 0
+    # running it again continues every model from its checkpoint: nothing is retrained
+    mtimes = {f: os.path.getmtime(os.path.join(run, f)) for f in ("vae-rnn.pt", "ae-rnn.pt", "kvae/checkpoint.pt")}
+    main(args)
+    assert mtimes == {f: os.path.getmtime(os.path.join(run, f)) for f in mtimes}
+    assert json.load(open(os.path.join(run, "results.json")))["rows"] == results["rows"]
     for name in (
         "results.csv",
         "fig3a.png",
@@ -99,10 +84,15 @@ def test_experiment_runner(tmp_path, capsys):
 def test_pendulum_table_runner(tmp_path):
     data = str(tmp_path / "pendulum.npz")
     save(data, generate("pendulum", (8, 2, 4), seed=0, progress=False))
-    summary = main(["pendulum", "--data", data, "--run-dir", str(tmp_path / "p"), "--epochs", "1"])
-    assert set(summary["test_elbo"]) == {"KVAE (CNN)", "KVAE (MLP)", "DMM"}
-    assert set(summary["test_iwae_bound"]) == {"KVAE (CNN)", "KVAE (MLP)"}
-    assert all(v < 0 for v in summary["test_elbo"].values())
+    for likelihood in ("bernoulli", "gaussian_learned"):
+        summary = main(["pendulum", "--data", data, "--run-dir", str(tmp_path / likelihood), "--epochs", "1",
+                        "--likelihood", likelihood, "--filters", "4", "4"])  # fmt: skip
+        assert set(summary["test_elbo"]) == {"KVAE (CNN)", "KVAE (MLP)", "DVBF", "DMM"}
+        assert set(summary["test_iwae_bound"]) == {"KVAE (CNN)", "KVAE (MLP)"}
+        assert all(math.isfinite(v) for v in summary["test_elbo"].values())
+        assert summary["per_frame"] == (likelihood == "gaussian_learned") and summary["versions"]["pyro"]
+        if likelihood == "bernoulli":
+            assert all(v < 0 for v in summary["test_elbo"].values())
 
 
 def test_experiment_runner_on_own_videos(tmp_path):
@@ -118,3 +108,22 @@ def test_experiment_runner_on_own_videos(tmp_path):
     results = json.load(open(os.path.join(run, "results.json")))
     assert json.load(open(os.path.join(run, "kvae", "config.json")))["channels"] == 3
     assert {r["method"] for r in results["rows"]} >= {"KVAE smoothing", "VAE-RNN"} and results["n_test"] == 3
+
+
+def test_all_runs_every_experiment_and_writes_the_readme_tables(tmp_path):
+    folder = tmp_path / "data"
+    for env in ("box", "box_gravity", "polygon", "pong"):
+        save(str(folder / f"{env}.npz"), generate(env, (8, 2, 4), seed=0, progress=False, T=8, size=16))
+    save(str(folder / "pendulum.npz"), generate("pendulum", (4, 2, 2), seed=0, progress=False, T=5))
+    run, docs = tmp_path / "runs", tmp_path / "docs"
+    summaries = main(["all", "--data", str(folder), "--run-dir", str(run), "--docs", str(docs), "--epochs", "1",
+                      "--filters", "4", "4", "--iwae-particles", "2"])  # fmt: skip
+    assert set(summaries) == {"box", "box_gravity", "polygon", "pong", "pendulum_gaussian_learned",
+                              "pendulum_bernoulli"}  # fmt: skip
+    tables = open(run / "tables.md").read()
+    for env in ("box", "box_gravity", "polygon", "pong"):
+        assert f"## {env}: 8 training sequences" in tables
+        assert json.load(open(run / env / "results.json"))["settings"]["epochs"] == 1
+        for fig in ("fig3a", "fig3b", "fig5"):
+            assert (docs / f"{fig}_{env}.png").exists()
+    assert "## pendulum, gaussian_learned" in tables and "| DVBF |" in tables and "798.56" in tables

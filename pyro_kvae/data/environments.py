@@ -139,17 +139,23 @@ class BallEnvironment:
 
 @dataclass
 class GravityEnvironment(BallEnvironment):
-    """The bouncing-ball box with constant gravity pulling the ball down (``-y``)."""
+    """The bouncing-ball box with constant gravity pulling the ball down (``-y``); the
+    authors' settings: gravity 5 px/s^2, start at the centre + N(0, 8^2), speed U(5, 10)."""
 
-    gravity: float = 10.0
+    gravity: float = 5.0
+    init_std: float = 8.0
+    speed_min: float = 5.0
+    speed_max: float = 10.0
 
 
 @dataclass
 class PolygonEnvironment(BallEnvironment):
-    """A ball bouncing inside fixed, irregular convex polygon walls."""
+    """A ball bouncing inside the authors' irregular convex hexagon, starting at the
+    centre + N(0, 2.5^2)."""
 
+    init_std: float = 2.5
     vertices: List[Tuple[float, float]] = field(
-        default_factory=lambda: [(3.0, 6.0), (14.0, 2.0), (29.0, 7.0), (30.0, 22.0), (19.0, 30.0), (4.0, 25.0)]
+        default_factory=lambda: [(15.0, 1.0), (30.0, 8.0), (25.0, 30.0), (8.0, 30.0), (1.0, 15.0), (3.0, 1.0)]
     )
 
     def walls(self):
@@ -159,23 +165,70 @@ class PolygonEnvironment(BallEnvironment):
 @dataclass
 class PongEnvironment(BallEnvironment):
     """
-    Pong-like box: the ball bounces off the top and bottom walls and off two
-    paddles, one on each side, that follow its vertical position so that it
-    never leaves the frame. Since the paddles are always where the ball
-    arrives, they act exactly as the side walls of the box physically; frames
-    show them as bars of ``paddle_height`` pixels just outside the side walls.
+    The authors' pong: a floor at ``y = floor`` and a roof at ``y = roof`` (no side walls),
+    and two paddles, vertical segments ``paddle_length`` pixels long at ``x = paddle_x``,
+    elasticity ``paddle_elasticity``. Each frame a paddle moves at most ``paddle_speed``
+    pixels towards the ball's height, so it can miss the ball, which then leaves the frame.
+    States add ``paddles (T, 2)``: the paddles' centre heights. Frames show the ball and the
+    paddles (1-pixel columns).
     """
 
-    paddle_height: float = 8.0
+    init_std: float = 3.0
+    floor: float = 1.0
+    roof: float = 32.0
+    paddle_x: Tuple[float, float] = (0.0, 30.0)
+    paddle_length: float = 6.0
+    paddle_speed: float = 2.0  # pixels per frame
+    paddle_elasticity: float = 0.99
+
+    def walls(self):  # where the ball may start
+        return [(0.0, self.floor), (float(self.size), self.floor), (float(self.size), self.roof), (0.0, self.roof)]
+
+    def _build(self, rng):
+        space = pymunk.Space()
+        body = pymunk.Body(1.0, pymunk.moment_for_circle(1.0, 0, self.radius))
+        body.position = tuple(self._initial_position(rng))
+        speed, angle = rng.uniform(self.speed_min, self.speed_max), rng.uniform(0, 2 * math.pi)
+        body.velocity = (speed * math.cos(angle), speed * math.sin(angle))
+        ball = pymunk.Circle(body, self.radius)
+        ball.elasticity, ball.friction = 1.0, 0.0
+        space.add(body, ball)
+        far = 10.0 * self.size  # the floor and roof run on beyond the frame
+        for y in (self.floor, self.roof):
+            seg = pymunk.Segment(space.static_body, (-far, y), (far, y), 0.0)
+            seg.elasticity, seg.friction = 1.0, 0.0
+            space.add(seg)
+        for x in self.paddle_x:
+            paddle = pymunk.Body(body_type=pymunk.Body.KINEMATIC)
+            paddle.position = (x, body.position.y)
+            half = self.paddle_length / 2
+            seg = pymunk.Segment(paddle, (0.0, -half), (0.0, half), 0.0)
+            seg.elasticity, seg.friction = self.paddle_elasticity, 0.0
+            space.add(paddle, seg)
+        return space, body
+
+    def simulate(self, rng):
+        space, body = self._build(rng)
+        bats = sorted((b for b in space.bodies if b.body_type == pymunk.Body.KINEMATIC), key=lambda b: b.position.x)
+        pos, vel, paddles = np.empty((self.T, 2)), np.empty((self.T, 2)), np.empty((self.T, 2))
+        h = self.dt / self.substeps
+        for t in range(self.T):
+            pos[t], vel[t] = body.position, body.velocity
+            paddles[t] = [p.position.y for p in bats]
+            for p in bats:  # towards the ball's height, at most paddle_speed in this frame
+                p.velocity = (0.0, float(np.clip(body.position.y - p.position.y, -self.paddle_speed,
+                                                  self.paddle_speed)) / self.dt)  # fmt: skip
+            for _ in range(self.substeps):
+                space.step(h)
+        return {"position": pos, "velocity": vel, "paddles": paddles, "u": np.zeros((self.T, 0))}
 
     def render(self, states):
         frames = super().render(states)
         rows = self.size - (np.arange(self.size) + 0.5)  # y of each image row
-        y = states["position"][..., 1, None]  # (N, T, 1)
-        lit = (np.abs(rows - y) <= self.paddle_height / 2).astype(np.uint8)  # (N, T, size)
-        left, right = int(self.inset) - 1, int(self.size - self.inset)
-        frames[..., left] |= lit
-        frames[..., right] |= lit
+        for k, x in enumerate(self.paddle_x):
+            y = states["paddles"][..., k, None]  # (N, T, 1)
+            lit = (np.abs(rows - y) <= self.paddle_length / 2).astype(np.uint8)  # (N, T, size)
+            frames[..., min(int(x), self.size - 1)] |= lit
         return frames
 
 
