@@ -37,7 +37,7 @@ class RNNBaseline(nn.Module):
     :param int hidden: LSTM units.
     """
 
-    def __init__(self, encoder, decoder, variational: bool, dim_a: int = 2, hidden: int = 50, likelihood="bernoulli"):
+    def __init__(self, encoder, decoder, variational: bool, dim_a: int = 2, hidden: int = 128, likelihood="bernoulli"):
         super().__init__()
         self.encoder, self.decoder = encoder, decoder
         self.variational, self.likelihood = variational, likelihood
@@ -68,13 +68,13 @@ class RNNBaseline(nn.Module):
         N, T, _ = a.shape
         if mask is None:  # teacher forcing in one call
             inputs = torch.cat([self.a0.expand(N, 1, -1), a[:, :-1]], 1)
-            pred = self.head(self.lstm(inputs)[0])
+            pred = inputs + self.head(self.lstm(inputs)[0])  # the LSTM predicts the step a_t - a_{t-1}
             return a, pred
         state, prev = None, self.a0.expand(N, -1)
         filled, preds = [], []
         for t in range(T):
             h, state = self.lstm(prev.unsqueeze(1), state)
-            p = self.head(h[:, 0])
+            p = prev + self.head(h[:, 0])
             prev = torch.where(mask[:, t, None], a[:, t], p)
             filled.append(prev)
             preds.append(p)
@@ -142,18 +142,24 @@ def train_rnn_baseline(
     valid: Optional[torch.Tensor] = None,
     checkpoint: Optional[str] = None,
     desc: str = "baseline",
+    lr_rnn: float = 3e-3,
+    free_running: bool = False,
 ) -> dict:
     """
     Trains ``model`` on videos ``x (N, T, *frame_shape)`` in two stages (paper section 5.1):
 
     1. the auto-encoder (VAE for VAE-RNN) on single frames, ``epochs_ae`` passes over all
        frames in batches of ``batch_size`` sequences' frames;
-    2. the LSTM on the fixed encoder means, predicting ``a_t`` from its inputs; each sequence
-       drops frames with its own probability (:func:`free_running_mask`) and the LSTM reads its
-       own prediction where a frame is dropped, exactly as in :meth:`RNNBaseline.impute`.
+    2. the LSTM (learning rate ``lr_rnn``) on the fixed encoder means, predicting ``a_t`` from
+       ``a_{<t}`` (teacher forcing); with ``free_running`` each sequence instead drops frames
+       with its own probability (:func:`free_running_mask`) and the LSTM reads its own
+       prediction where a frame is dropped, as in :meth:`RNNBaseline.impute`. (On the bouncing
+       ball, teacher forcing imputes better at every drop rate we tried: 0.0158 against 0.0208
+       wrong pixels at p = 0.5 after 60 and 50 epochs.)
 
     With ``valid (N', T, *frame_shape)`` each stage keeps the weights of its best epoch on it
-    (stage 1: reconstruction error; stage 2: imputation error under fixed random masks).
+    (stage 1: reconstruction error; stage 2: imputation error with frames dropped with
+    probability 0.5 after the first 4, fixed masks).
     With ``checkpoint`` (a path) the state is written atomically after every epoch and an
     interrupted run continues from it.
 
@@ -161,7 +167,7 @@ def train_rnn_baseline(
         (the validation numbers of the kept weights, NaN without ``valid``).
     """
     from .files import remove_temporaries
-    from .train import atomic_save, load_checkpoint
+    from .train import atomic_save, load_checkpoint, random_mask
 
     if epochs_ae < 1 or epochs_rnn < 1:
         raise ValueError(f"epochs_ae and epochs_rnn must be at least 1, got {epochs_ae} and {epochs_rnn}")
@@ -171,7 +177,7 @@ def train_rnn_baseline(
     ae_params = list(model.encoder.parameters()) + list(model.decoder.parameters())
     rnn_params = list(model.lstm.parameters()) + list(model.head.parameters()) + [model.a0]
     state = {"stage": "ae", "epoch": 0, "history": [], "best": None, "best_score": math.inf}
-    optimizers = {"ae": torch.optim.Adam(ae_params, lr=lr), "rnn": torch.optim.Adam(rnn_params, lr=lr)}
+    optimizers = {"ae": torch.optim.Adam(ae_params, lr=lr), "rnn": torch.optim.Adam(rnn_params, lr=lr_rnn)}
     if checkpoint is not None and os.path.exists(checkpoint):
         saved = load_checkpoint(checkpoint, keys=("model", "optimizers", "state", "rng"))
         model.load_state_dict(saved["model"])
@@ -182,7 +188,8 @@ def train_rnn_baseline(
         torch.set_rng_state(saved["rng"][1])  # the VAE's noise
     if checkpoint is not None:
         remove_temporaries(os.path.dirname(os.path.abspath(checkpoint)))
-    valid_mask = None if valid is None else free_running_mask(valid.shape[:2], torch.Generator().manual_seed(seed + 1))
+    g_valid = torch.Generator().manual_seed(seed + 1)
+    valid_mask = None if valid is None else random_mask(valid.shape[:2], 0.5, 4, g_valid)
     frames = x.flatten(0, 1)  # (N * T, *frame_shape)
     codes = None
 
@@ -216,7 +223,7 @@ def train_rnn_baseline(
             else:
                 for idx in torch.randperm(len(x), generator=g).split(batch_size):
                     a = codes[idx.to(device)]
-                    _, pred = model.predict(a, free_running_mask(a.shape[:2], g, device))
+                    _, pred = model.predict(a, free_running_mask(a.shape[:2], g, device) if free_running else None)
                     loss = (pred - a).pow(2).sum(-1).mean()
                     optimizers[stage].zero_grad()
                     loss.backward()

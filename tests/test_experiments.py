@@ -51,7 +51,8 @@ def test_experiment_runner(tmp_path, capsys):
     data = str(tmp_path / "box.npz")
     save(data, generate("box", (24, 4, 12), seed=0, progress=False))
     run = str(tmp_path / "exp")
-    args = ["box", "--data", data, "--run-dir", run, "--epochs", "1", "--n-test", "12", "--dynamics", "mlp"]
+    args = ["box", "--data", data, "--run-dir", run, "--epochs", "1", "--n-test", "12", "--dynamics", "mlp",
+            "--rnn-epochs", "2"]  # fmt: skip
     main(args)
     results = json.load(open(os.path.join(run, "results.json")))
     assert results["iwae_particles"] == 10 and results["kvae_test_iwae_bound"] < 0
@@ -61,7 +62,7 @@ def test_experiment_runner(tmp_path, capsys):
     assert results["seed"] == 0 and results["settings"]["epochs"] == 1 and results["versions"]["torch"]
     assert results["kvae_train_seconds"] > 0 and results["n_valid"] == 4
     for b in results["baselines"].values():
-        assert 0 <= b["reconstruction_error_test"] <= 1 and b["epochs_per_stage"] == 1 and b["train_seconds"] > 0
+        assert 0 <= b["reconstruction_error_test"] <= 1 and b["autoencoder_epochs"] == 1 and b["train_seconds"] > 0
     # running it again continues every model from its checkpoint: nothing is retrained
     mtimes = {f: os.path.getmtime(os.path.join(run, f)) for f in ("vae-rnn.pt", "ae-rnn.pt", "kvae/checkpoint.pt")}
     main(args)
@@ -102,8 +103,9 @@ def test_experiment_runner_on_own_videos(tmp_path):
     data = str(tmp_path / "videos.npy")
     np.save(data, toy_videos(n=30, T=12))
     run = str(tmp_path / "exp")
-    args = ["box", "--data", data, "--run-dir", run, "--epochs", "1", "--baseline-epochs", "1", "--n-test", "3",
-            "--filters", "8", "8", "--likelihood", "continuous_bernoulli", "--iwae-particles", "2"]  # fmt: skip
+    args = ["box", "--data", data, "--run-dir", run, "--epochs", "1", "--baseline-epochs", "1", "--rnn-epochs", "1",
+            "--n-test", "3", "--filters", "8", "8", "--likelihood", "continuous_bernoulli",
+            "--iwae-particles", "2"]  # fmt: skip
     main(args)
     results = json.load(open(os.path.join(run, "results.json")))
     assert json.load(open(os.path.join(run, "kvae", "config.json")))["channels"] == 3
@@ -117,7 +119,7 @@ def test_all_runs_every_experiment_and_writes_the_readme_tables(tmp_path):
     save(str(folder / "pendulum.npz"), generate("pendulum", (4, 2, 2), seed=0, progress=False, T=5))
     run, docs = tmp_path / "runs", tmp_path / "docs"
     summaries = main(["all", "--data", str(folder), "--run-dir", str(run), "--docs", str(docs), "--epochs", "1",
-                      "--filters", "4", "4", "--iwae-particles", "2"])  # fmt: skip
+                      "--filters", "4", "4", "--iwae-particles", "2", "--rnn-epochs", "1"])  # fmt: skip
     assert set(summaries) == {"box", "box_gravity", "polygon", "pong", "pendulum_gaussian_learned",
                               "pendulum_bernoulli"}  # fmt: skip
     tables = open(run / "tables.md").read()
