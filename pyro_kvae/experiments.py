@@ -34,6 +34,7 @@ trains one part and stops, so long runs can be done in pieces. Each
 import argparse
 import csv
 import datetime
+import json
 import os
 import platform
 import shutil
@@ -270,7 +271,9 @@ def markdown_tables(summary) -> str:
                     if r["experiment"] == experiment and r["setting"] == setting}  # fmt: skip
             out.append(f"| {setting} | " + " | ".join(f"{vals[n]:.4f}" for n in names) + " |")
     floors = ", ".join(f"{n} {b['reconstruction_error_test']:.4f}" for n, b in summary["baselines"].items())
-    out += ["", f"Auto-encoders' reconstruction error, every frame observed (test): {floors}"]
+    times = ", ".join(f"{n} {b['train_seconds']:.0f} s" for n, b in summary["baselines"].items())
+    out += ["", f"Auto-encoders' reconstruction error, every frame observed (test): {floors}. "
+            f"Baselines' training time: {times}."]  # fmt: skip
     return "\n".join(out)
 
 
@@ -464,11 +467,15 @@ def run_all(args):
     summaries = {}
     base = args.run_dir or "runs/experiments"
     folder = args.data or "data"
-    for env in IMPUTATION_ENVS:
+    if args.tables_only:  # the finished experiments' results files
+        for name in (*IMPUTATION_ENVS, "pendulum_gaussian_learned", "pendulum_bernoulli"):
+            with open(os.path.join(base, name, "results.json")) as f:
+                summaries[name] = json.load(f)
+    for env in IMPUTATION_ENVS if not args.tables_only else ():
         sub = argparse.Namespace(**{**vars(args), "env": env, "run_dir": os.path.join(base, env),
                                     "data": os.path.join(folder, f"{env}.npz"), "likelihood": "bernoulli"})  # fmt: skip
         summaries[env] = imputation_experiment(sub)
-    for likelihood in ("gaussian_learned", "bernoulli"):
+    for likelihood in ("gaussian_learned", "bernoulli") if not args.tables_only else ():
         sub = argparse.Namespace(**{**vars(args), "env": "pendulum", "likelihood": likelihood,
                                     "epochs": args.pendulum_epochs or args.epochs,
                                     "data": os.path.join(folder, "pendulum.npz"),
@@ -479,10 +486,10 @@ def run_all(args):
     text = [f"# Results of `python -m pyro_kvae.experiments {' '.join(sys.argv[1:])}`"]
     for env in IMPUTATION_ENVS:
         s = summaries[env]
+        b = next(iter(s["baselines"].values()))
         text += ["", f"## {env}: {s['n_train']} training sequences, KVAE {s['kvae_epochs']} epochs "
-                 f"({s['kvae_train_seconds']:.0f} s), baselines {args.baseline_epochs or args.epochs} epochs "
-                 f"(auto-encoder) and {args.rnn_epochs} (LSTM); test ELBO {s['kvae_test_elbo']:.1f}",
-                 markdown_tables(s)]  # fmt: skip
+                 f"({s['kvae_train_seconds']:.0f} s), baselines {b['autoencoder_epochs']} epochs (auto-encoder) and "
+                 f"{b['lstm_epochs']} (LSTM); test ELBO {s['kvae_test_elbo']:.1f}", markdown_tables(s)]  # fmt: skip
     for likelihood in ("gaussian_learned", "bernoulli"):
         text += ["", f"## pendulum, {likelihood}", "", pendulum_markdown(summaries[f"pendulum_{likelihood}"])]
     with open(os.path.join(base, "tables.md"), "w") as f:
@@ -520,6 +527,8 @@ def main(argv=None):
     parser.add_argument("--stage", default="all", choices=["kvae", "baselines", "all"],
                         help="train only the KVAE or only the baselines and stop (long runs in pieces)")  # fmt: skip
     parser.add_argument("--docs", help="with 'all': copy the README's figures to this folder")
+    parser.add_argument("--tables-only", action="store_true",
+                        help="with 'all': only write tables.md and copy the figures of finished runs")  # fmt: skip
     parser.add_argument("--pendulum-epochs", type=positive_int,
                         help="with 'all': epochs of the pendulum models (default: --epochs; paper: 80)")  # fmt: skip
     add_common_args(parser)
