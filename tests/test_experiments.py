@@ -92,6 +92,7 @@ def test_pendulum_table_runner(tmp_path):
         assert set(summary["test_iwae_bound"]) == {"KVAE (CNN)", "KVAE (MLP)"}
         assert all(math.isfinite(v) for v in summary["test_elbo"].values())
         assert summary["per_frame"] == (likelihood == "gaussian_learned") and summary["versions"]["pyro"]
+        assert summary["dvbf_dmm_epochs"] == 2
         if likelihood == "bernoulli":
             assert all(v < 0 for v in summary["test_elbo"].values())
 
