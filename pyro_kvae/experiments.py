@@ -473,10 +473,10 @@ def run_all(args):
     summaries = {}
     base = args.run_dir or "runs/experiments"
     folder = args.data or "data"
-    if args.tables_only:  # the finished experiments' results files
+    if args.tables_only:  # the finished experiments' results files (an unfinished one is listed as such)
         for name in (*IMPUTATION_ENVS, "pendulum_gaussian_learned", "pendulum_bernoulli"):
-            with open(os.path.join(base, name, "results.json")) as f:
-                summaries[name] = json.load(f)
+            path = os.path.join(base, name, "results.json")
+            summaries[name] = json.load(open(path)) if os.path.exists(path) else None
     for env in IMPUTATION_ENVS if not args.tables_only else ():
         sub = argparse.Namespace(**{**vars(args), "env": env, "run_dir": os.path.join(base, env),
                                     "data": os.path.join(folder, f"{env}.npz"), "likelihood": "bernoulli"})  # fmt: skip
@@ -492,17 +492,21 @@ def run_all(args):
     text = [f"# Results of `python -m pyro_kvae.experiments {' '.join(sys.argv[1:])}`"]
     for env in IMPUTATION_ENVS:
         s = summaries[env]
+        if s is None:
+            text += ["", f"## {env}: not finished"]
+            continue
         b = next(iter(s["baselines"].values()))
         text += ["", f"## {env}: {s['n_train']} training sequences, KVAE {s['kvae_epochs']} epochs "
                  f"({s['kvae_train_seconds']:.0f} s), baselines {b['autoencoder_epochs']} epochs (auto-encoder) and "
                  f"{b['lstm_epochs']} (LSTM); test ELBO {s['kvae_test_elbo']:.1f}", markdown_tables(s)]  # fmt: skip
     for likelihood in ("gaussian_learned", "bernoulli"):
-        text += ["", f"## pendulum, {likelihood}", "", pendulum_markdown(summaries[f"pendulum_{likelihood}"])]
+        s = summaries[f"pendulum_{likelihood}"]
+        text += ["", f"## pendulum, {likelihood}", "", pendulum_markdown(s) if s is not None else "not finished"]
     with open(os.path.join(base, "tables.md"), "w") as f:
         f.write("\n".join(text) + "\n")
     if args.docs:
         os.makedirs(args.docs, exist_ok=True)
-        for env in IMPUTATION_ENVS:
+        for env in (env for env in IMPUTATION_ENVS if summaries[env] is not None):
             for fig in ("fig3a", "fig3b", "fig5"):
                 shutil.copy(os.path.join(base, env, f"{fig}.png"), os.path.join(args.docs, f"{fig}_{env}.png"))
     print(f"tables in {os.path.abspath(os.path.join(base, 'tables.md'))}")

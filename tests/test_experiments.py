@@ -133,3 +133,6 @@ def test_all_runs_every_experiment_and_writes_the_readme_tables(tmp_path):
     os.remove(run / "tables.md")
     main(["all", "--run-dir", str(run), "--tables-only"])  # from the results files alone
     assert open(run / "tables.md").read().split("\n")[1:] == tables.split("\n")[1:]
+    os.remove(run / "pong" / "results.json")  # an unfinished experiment is listed as such
+    main(["all", "--run-dir", str(run), "--tables-only"])
+    assert "## pong: not finished" in open(run / "tables.md").read()
