@@ -7,6 +7,14 @@ Where the time of one training step goes (forward + backward for one batch of
 
     python benchmarks/bench_training.py [--data data/box.npz] [--batches 20] [--device cpu]
 
+One training step with every frame observed against one with 30 % of frames
+missing (after the first 4), same run: time, and the profiler's count of
+operator calls and of leaf compute operators (ops that do arithmetic themselves,
+not through other ops; views and allocations excluded), each a kernel launch on
+a GPU::
+
+    python benchmarks/bench_training.py --missing [--threads 2]
+
 Throughput of the real training loop (Lightning), in sequences per second over
 the last of ``--epochs`` epochs, on ``--devices`` processes (DDP when more than one;
 ``--threads`` is shared out between them)::
@@ -70,6 +78,61 @@ def components(args, data):
     print(f"estimated epoch ({n} batches of {config.batch_size}): {ms * n / 1e3:.1f} s")
 
 
+# operators that only make views, allocate or dispatch: not compute
+NOT_COMPUTE = {
+    "aten::" + name
+    for name in (
+        "view as_strided slice select transpose expand unsqueeze squeeze permute t detach alias empty "
+        "empty_like empty_strided new_empty resize_ _reshape_alias reshape _unsafe_view unbind split chunk "
+        "narrow diagonal expand_as view_as mT mH adjoint numpy_T matrix_H lift_fresh result_type is_nonzero "
+        "item _local_scalar_dense conj resolve_conj resolve_neg contiguous to _to_copy type_as flatten "
+        "unflatten movedim split_with_sizes scalar_tensor cudnn_is_acceptable broadcast_tensors"
+    ).split()
+}
+
+
+def count_ops(fn):
+    """``(operator calls, leaf compute operators)`` that the profiler records while ``fn()`` runs."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn()
+    ops = [e for e in prof.events() if e.name.startswith("aten::")]
+
+    def computes_below(e):
+        return any((c.name.startswith("aten::") and c.name not in NOT_COMPUTE) or computes_below(c)
+                   for c in e.cpu_children)  # fmt: skip
+
+    return len(ops), sum(1 for e in ops if e.name not in NOT_COMPUTE and not computes_below(e))
+
+
+def missing(args, data):
+    """A training step (ELBO forward + backward, batch 32 x T 20) with and without 30 % of frames missing."""
+    from pyro_kvae.train import random_mask
+
+    config = KVAEConfig(device=args.device, kf_update_epochs=0)
+    model = Trainer(config, progress=False).model
+    device = torch.device(config.device)
+    x = data.x[: config.batch_size].to(device)
+    mask = random_mask(x.shape[:2], 0.3, 4, generator=torch.Generator().manual_seed(0), device=device)
+    elbo = Trace_ELBO()
+    print(f"torch {torch.__version__}, {device}, {torch.get_num_threads()} threads, batch {config.batch_size} x T 20")
+    print("| frames | step (ms) | operator calls | leaf compute ops |")
+    print("|---|---|---|---|")
+    rows = {}
+    for name, m in (("all observed", None), ("30 % missing", mask)):
+
+        def step():
+            model.zero_grad()
+            elbo.differentiable_loss(model.model, model.guide, x, None, m).backward()
+
+        calls, leaf = count_ops(step)
+        rows[name] = (timed(step, device, repeat=args.batches), calls, leaf)
+        print(f"| {name} | {rows[name][0]:.0f} | {calls} | {leaf} |", flush=True)
+    (t0, c0, l0), (t1, c1, l1) = rows.values()
+    print(f"missing / observed: step {t1 / t0:.2f}x, operator calls {c1 / c0:.2f}x, leaf compute ops {l1 / l0:.2f}x")
+
+
 class EpochTimer(lightning.Callback):
     def on_train_epoch_start(self, trainer, module):
         self.start = time.perf_counter()
@@ -99,6 +162,8 @@ def main(args):
     data = VideoDataset(args.data, "train", env="box")
     if args.throughput:
         throughput(args, data)
+    elif args.missing:
+        missing(args, data)
     else:
         components(args, data)
 
@@ -110,6 +175,7 @@ if __name__ == "__main__":
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--throughput", action="store_true", help="time the real training loop instead")
+    parser.add_argument("--missing", action="store_true", help="a step with 30 %% of frames missing against none")
     parser.add_argument("--devices", type=int, default=1)
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--n-train", type=int, default=1024)

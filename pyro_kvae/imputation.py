@@ -53,6 +53,7 @@ def impute(kvae, x, mask=None, u=None, smooth: bool = True, sample: bool = False
         z_mean, z_cov = rts_smoother(r.filtered, A)
     else:
         z_mean, z_cov = r.filtered.filt_mean, r.filtered.filt_cov
+    z_mean, z_cov = z_mean.to(x.dtype), z_cov.to(x.dtype)  # the filter computes in float64
     a_est = (C @ z_mean.unsqueeze(-1)).squeeze(-1)
     a = torch.where(mask.unsqueeze(-1), a_obs, a_est)
     x_hat = kvae.frame_distribution(kvae.decoder(a)).mean

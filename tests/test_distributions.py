@@ -121,3 +121,31 @@ def test_posterior_from_dense(dtype):
     for i in range(4):
         m, _ = dense_posterior(a[i], mask[i], **per_seq(p, i))
         assert (mean[i].double() - m).abs().max() < tol
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_shared_parameters_use_the_sequential_filter_exactly(masked):
+    """A model (and mask) shared by all sequences: batch 1, time dim 1; against the dense reference, with gradients."""
+    T = 5
+    a, _, p = problem(T=T, kind="none")
+    mask = torch.tensor([[True, False, True, False, True]]) if masked else None
+    mu0, Sigma0, A, Q, C, R = p["mu0"][:1], p["Sigma0"][:1], p["A"][:1, :1], p["Q"][:1], p["C"][:1, :1], p["R"][:1]
+    d = LinearGaussianSSM(mu0, Sigma0, A, Q, C, R, mask=mask, duration=T)
+    assert d._shared_parameters(a)
+    lp = d.log_prob(a)
+    per_step = dict(A=A[0].expand(T, 3, 3), C=C[0].expand(T, 2, 3), Q=Q[0], R=R[0], mu0=mu0[0], Sigma0=Sigma0[0],
+                    b=torch.zeros(T, 3, dtype=torch.float64))  # fmt: skip
+    observed = torch.ones(T, dtype=torch.bool) if mask is None else mask[0]
+    for i in range(4):
+        assert abs(lp[i] - dense_log_prob(a[i], observed, **per_step)) < 1e-8
+        m, _ = dense_posterior(a[i], observed, **per_step)
+        assert (d.smooth(a).mean[i] - m).abs().max() < 1e-8
+    z = d.rsample_posterior(a, noise=torch.zeros(4, T, 3, dtype=torch.float64))
+    assert (z - d.smooth(a).mean).abs().max() < 1e-8
+    A = A.clone().requires_grad_()
+    x = a[:2].clone().requires_grad_()
+
+    def fn(A, x):
+        return LinearGaussianSSM(mu0, Sigma0, A, Q, C, R, mask=mask, duration=T).log_prob(x)
+
+    assert torch.autograd.gradcheck(fn, (A, x))

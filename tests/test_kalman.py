@@ -127,3 +127,46 @@ def test_backward_conditionals_give_exact_joint_posterior():
     for i in range(4):
         m, S = dense_posterior(a[i], mask[i], **per_seq(p, i))
         assert abs(lp[i] - MVN(m.reshape(-1), S).log_prob(z[i].reshape(-1))) < 1e-8
+
+
+@pytest.mark.parametrize("kind", MASK_KINDS)
+def test_backward_sample_is_the_exact_joint_posterior(kind):
+    """z = m + M noise: zero noise gives the dense posterior mean and M M^T its covariance."""
+    from pyro_kvae.ops.kalman import backward_sample
+
+    T, dz = 4, 3
+    a, mask, p = problem(T=T, dz=dz, kind=kind)
+    f = kalman_filter(a, mask=mask, **p)
+    zero = torch.zeros(4, T, dz, dtype=torch.float64)
+    mean = backward_sample(f, p["A"], zero)
+    M = torch.autograd.functional.jacobian(lambda e: backward_sample(f, p["A"], e), zero)
+    for i in range(4):
+        m, S = dense_posterior(a[i], mask[i], **per_seq(p, i))
+        Mi = M[i, :, :, i].reshape(T * dz, T * dz)
+        assert (mean[i] - m).abs().max() < 1e-8
+        assert (Mi @ Mi.T - S).abs().max() < 1e-8
+
+
+def test_shared_parameters_are_not_expanded():
+    """One time-invariant model for many sequences: covariances keep the parameters' batch shape
+    and the filter, smoother and sampler agree with the same model given per sequence and step."""
+    from pyro_kvae.ops.kalman import backward_sample, filter_steps
+
+    T, dz = 6, 3
+    a, mask, p = problem(T=T, dz=dz, kind="none")
+    shared = {k: v[0] for k, v in p.items()}
+    shared["A"], shared["C"], shared["b"] = p["A"][0, :1], p["C"][0, :1], None  # time dim 1
+    a = a.nan_to_num()
+    f = filter_steps(a, **shared)
+    assert f.pred_cov.shape == (T, dz, dz) and f.filt_mean.shape == (4, T, dz)
+    full = {k: v.expand((4,) + v.shape) for k, v in shared.items() if v is not None}
+    full["A"], full["C"] = full["A"].expand(4, T, dz, dz), full["C"].expand(4, T, 2, dz)
+    ref = kalman_filter(a, **full)
+    assert (f.log_prob - ref.log_prob).abs().max() < 1e-10
+    assert (f.filt_cov - ref.filt_cov).abs().max() < 1e-10
+    mean, cov = rts_smoother(f, shared["A"])
+    ref_mean, ref_cov = rts_smoother(ref, full["A"])
+    assert cov.shape == (T, dz, dz)
+    assert (mean - ref_mean).abs().max() < 1e-10 and (cov - ref_cov).abs().max() < 1e-10
+    noise = torch.randn(4, T, dz, dtype=torch.float64)
+    assert (backward_sample(f, shared["A"], noise) - backward_sample(ref, full["A"], noise)).abs().max() < 1e-10

@@ -3,7 +3,7 @@ import torch
 from pyro.distributions import GaussianHMM, MultivariateNormal, TorchDistribution, constraints
 
 from ..ops.checks import check_lgssm_shapes
-from ..ops.kalman import kalman_filter, rts_smoother
+from ..ops.kalman import backward_sample, filter_steps, rts_smoother
 from ..ops.lgssm import lgssm_log_prob, lgssm_posterior_rsample, lgssm_prior_rsample
 from ..ops.sqrt_kalman import sqrt_kalman_filter, sqrt_posterior_rsample, sqrt_rts_smoother
 
@@ -43,12 +43,16 @@ class LinearGaussianSSM(TorchDistribution):
     :param torch.dtype compute_dtype: dtype inference runs in (default float64,
         results are cast back); ``None`` computes in the parameters' dtype.
         In float64, :meth:`log_prob` and :meth:`rsample_posterior` use the parallel
-        scan (log-depth in ``T``); in any other dtype they use the sequential
-        square-root filter of :mod:`pyro_kvae.ops.sqrt_kalman`, since the parallel
-        scan's information form loses all accuracy in float32 on ill-conditioned
-        problems (tiny ``Q`` or ``R``, huge ``Sigma0``, unstable ``A``). :meth:`filter`
-        and :meth:`smooth` use the covariance-form filter in float64 and the
-        square-root one otherwise (or if a float64 covariance is not positive definite).
+        scan (log-depth in ``T``) when the parameters differ between sequences, and
+        the sequential covariance-form filter when the data has more sequences than
+        the parameters (e.g. one time-invariant model for all): its covariances,
+        gains and Cholesky factors are then computed once for all sequences. In any
+        other dtype they use the sequential square-root filter of
+        :mod:`pyro_kvae.ops.sqrt_kalman`, since the parallel scan's information form
+        loses all accuracy in float32 on ill-conditioned problems (tiny ``Q`` or ``R``,
+        huge ``Sigma0``, unstable ``A``). :meth:`filter` and :meth:`smooth` use the
+        covariance-form filter in float64 and the square-root one otherwise (or if a
+        float64 covariance is not positive definite).
     """
 
     arg_constraints = {}
@@ -120,6 +124,22 @@ class LinearGaussianSSM(TorchDistribution):
         p = {k: v if v is None or k == "mask" else v.to(dtype) for k, v in self._params().items()}
         return sqrt_kalman_filter(value.to(dtype), **p), p["A"], p["Q"]
 
+    def _filter64(self, value):
+        """Covariance-form filter in float64 at the arguments' own batch shapes (covariances
+        batched over the parameters and the mask only): ``(KalmanFilterResult, A)``."""
+        p = {k: v if v is None or k == "mask" else v.to(torch.float64) for k, v in self._params().items()}
+        value = value.to(torch.float64)
+        if p["mask"] is not None:
+            value = torch.where(p["mask"].unsqueeze(-1), value, value.new_zeros(()))
+        return filter_steps(value, **p), p["A"]
+
+    def _shared_parameters(self, value):
+        """True when the data has more sequences than the parameters and the mask (the
+        sequential filter then computes every covariance once for many sequences)."""
+        params = [v.shape[: v.dim() - k] for v, k in ((self.A, 3), (self.C, 3), (self.Q, 2), (self.R, 2),
+                                                      (self.Sigma0, 2), (self.mask, 1)) if v is not None]  # fmt: skip
+        return torch.Size(torch.broadcast_shapes(*params)).numel() < value.shape[:-2].numel()
+
     def log_prob(self, value):
         """
         :param torch.Tensor value: ``sample_shape + (batch, T, dim_a)``.
@@ -128,6 +148,9 @@ class LinearGaussianSSM(TorchDistribution):
         self._check_value(value)
         if self._dtype() != torch.float64:
             return self._sqrt_filter(value)[0].log_prob.to(value.dtype)
+        if self._shared_parameters(value):
+            lp = self._filter64(value)[0].log_prob
+            return lp.expand(value.shape[:-2]).to(value.dtype)
         return lgssm_log_prob(value, compute_dtype=self.compute_dtype, **self._params())
 
     def rsample(self, sample_shape=torch.Size()):
@@ -143,15 +166,15 @@ class LinearGaussianSSM(TorchDistribution):
         self._check_value(value)
         scale_tril = None
         if self._dtype() == torch.float64:  # covariance form: about 2x faster than the square-root one
-            p = {k: v if v is None or k == "mask" else v.to(torch.float64) for k, v in self._params().items()}
-            filtered = kalman_filter(value.to(torch.float64), **p)
+            filtered, A = self._filter64(value)
             if smooth:
-                mean, cov = rts_smoother(filtered, p["A"])
+                mean, cov = rts_smoother(filtered, A)
             else:
                 mean, cov = filtered.filt_mean, filtered.filt_cov
-            L, info = torch.linalg.cholesky_ex(cov)
+            L, info = torch.linalg.cholesky_ex(cov)  # at the parameters' batch shape
             if not (info != 0).any():
-                scale_tril = L
+                shape = value.shape[:-2] + mean.shape[-2:]
+                mean, scale_tril = mean.expand(shape), L.expand(shape + mean.shape[-1:])
         if scale_tril is None:
             filtered, A, Q = self._sqrt_filter(value)
             if smooth:
@@ -218,6 +241,14 @@ class LinearGaussianSSM(TorchDistribution):
         :returns: ``sample_shape + (batch, T, dim_z)``.
         """
         self._check_value(value)
+        if self._dtype() == torch.float64 and self._shared_parameters(value):
+            filtered, A = self._filter64(value)
+            shape = torch.Size(sample_shape) + value.shape[:-2] + filtered.filt_mean.shape[-2:]
+            if noise is None:
+                noise = torch.randn(shape, dtype=torch.float64, device=value.device)
+            elif noise.shape != shape:
+                raise ValueError(f"noise must have shape {tuple(shape)}, got {tuple(noise.shape)}")
+            return backward_sample(filtered, A, noise.to(torch.float64)).to(value.dtype)
         if self._dtype() == torch.float64:
             return lgssm_posterior_rsample(
                 value, sample_shape=sample_shape, noise=noise, compute_dtype=self.compute_dtype, **self._params()

@@ -18,6 +18,7 @@ import pyro.distributions as dist
 import torch
 from pyro.distributions import TorchDistribution, constraints
 
+from ..ops.kalman import backward_sample
 from ..ops.precision import full_precision
 
 
@@ -34,6 +35,11 @@ class EncoderSmootherPosterior(TorchDistribution):
     ``gamma_hat`` is a deterministic function of ``a_obs``, so ``log_prob`` is
     exact: ``log p_gamma_hat(a_un | a_obs) = log p_gamma_hat(a) - log p_gamma_hat(a_obs)``.
 
+    One recursive filter pass (:meth:`KalmanPrior.filter`) gives ``gamma_hat``,
+    ``log p_gamma_hat(a_obs)`` and the filtered moments from which :meth:`rsample`
+    draws ``z ~ p_gamma_hat(z | a_obs)`` by backward sampling; it is kept for the
+    :meth:`log_prob` of the value just sampled, which then needs only ``log p_gamma_hat(a)``.
+
     Several samples (``rsample(sample_shape)``, or vectorised particles, which
     :meth:`expand` the batch shape) are independent draws of the whole chain: each
     has its own encoder noise, its own ``gamma_hat`` and its own conditional sample.
@@ -48,13 +54,11 @@ class EncoderSmootherPosterior(TorchDistribution):
         self._cache = None
         super().__init__(loc.shape[:-2], loc.shape[-2:], validate_args=validate_args)
 
-    def _lgssms(self, a):
-        """Full and masked LGSSMs with ``gamma_hat`` from the observed part of ``a``."""
+    def _filter(self, a):
+        """The recursive filter on the observed part of ``a`` (kept from :meth:`rsample` for its sample)."""
         if self._cache is not None and self._cache[0] is a:
-            alpha = self._cache[1]
-        else:
-            alpha = self.prior.filter(a, self.mask, self.u).alpha
-        return self.prior.lgssm(alpha, self.u), self.prior.lgssm(alpha, self.u, self.mask)
+            return self._cache[1]
+        return self.prior.filter(a, self.mask, self.u)
 
     def expand(self, batch_shape, _instance=None):
         batch_shape = torch.Size(batch_shape)
@@ -74,13 +78,13 @@ class EncoderSmootherPosterior(TorchDistribution):
         if sample_shape != torch.Size():
             return self.expand(torch.Size(sample_shape) + self.batch_shape).rsample()
         encoded = dist.Normal(self.loc, self.scale).rsample()
-        alpha = self.prior.filter(encoded, self.mask, self.u).alpha
-        lgssm = self.prior.lgssm(alpha, self.u, self.mask)
-        z = lgssm.rsample_posterior(encoded)  # (batch, T, dim_z)
+        r = self.prior.filter(encoded, self.mask, self.u)
+        A, _, C = self.prior.mix(r.alpha)
+        z = backward_sample(r.filtered, A, torch.randn_like(r.filtered.filt_mean))  # (batch, T, dim_z), float64
         noise = torch.randn_like(encoded).unsqueeze(-1)
-        a_un = (lgssm.C @ z.unsqueeze(-1) + torch.linalg.cholesky(lgssm.R) @ noise).squeeze(-1)
+        a_un = (C @ z.to(C.dtype).unsqueeze(-1) + torch.linalg.cholesky(self.prior.R) @ noise).squeeze(-1)
         a = torch.where(self.mask.unsqueeze(-1), encoded, a_un)
-        self._cache = (a, alpha)
+        self._cache = (a, r)
         return a
 
     @full_precision
@@ -94,8 +98,9 @@ class EncoderSmootherPosterior(TorchDistribution):
         """``log p_gamma_hat(a_un | a_obs)`` of ``value (..., batch, T, dim_a)``, shape ``(..., batch)``."""
         if value.shape[:-2] != self.batch_shape:  # e.g. particles
             return self.expand(value.shape[:-2]).missing_log_prob(value)
-        full, observed = self._lgssms(value)
-        return full.log_prob(value) - observed.log_prob(value)
+        r = self._filter(value)
+        full = self.prior.lgssm(r.alpha, self.u).log_prob(value.to(torch.float64))  # float64 in, float64 out
+        return (full - r.filtered.log_prob).to(value.dtype)
 
 
 class SmoothingGuide:

@@ -21,7 +21,7 @@ from torch import nn
 
 from ..distributions import LinearGaussianSSM
 from ..nn.dynamics import DynamicsNetwork
-from ..ops.kalman import KalmanFilterResult, kalman_predict, kalman_update
+from ..ops.kalman import KalmanFilterResult, _gaussian_log_prob, _update, kalman_predict
 from ..ops.precision import full_precision
 
 
@@ -30,7 +30,8 @@ class RecursiveFilterResult(NamedTuple):
     Output of :meth:`KalmanPrior.filter`: ``alpha (batch, T, K)`` estimated
     recursively, ``a (batch, T, dim_a)`` with observed steps kept and missing
     steps replaced by their estimates ``a_hat_t`` (eq. 12), and the Kalman
-    filter's moments for that ``alpha`` (:class:`~pyro_kvae.ops.kalman.KalmanFilterResult`).
+    filter's moments for that ``alpha`` (:class:`~pyro_kvae.ops.kalman.KalmanFilterResult`,
+    in float64, the dtype the filter computes in), whose ``log_prob`` is ``log p_alpha(a_obs)``.
     """
 
     alpha: torch.Tensor
@@ -225,32 +226,50 @@ class KalmanPrior(PyroModule):
             )
         u = self._check_u(u, batch_shape + (T,))
         a = torch.where(mask.unsqueeze(-1), a, a.new_zeros(()))
-        mean = self.mu0.expand(batch_shape + (self.dim_z,))
-        cov = self.Sigma0.expand(batch_shape + (self.dim_z, self.dim_z))
-        L_R = torch.linalg.cholesky(self.R)
+        # the Kalman part in float64 (the dynamics network in the model's dtype); few operations
+        # per step: the modes mixed by one matrix product each, and a missing step observed
+        # through a zero emission matrix (see pyro_kvae.ops.kalman)
+        f64 = torch.float64
+        modes_A, modes_C = self.A.to(f64).flatten(1), self.C.to(f64).flatten(1)  # (K, dim_z^2), (K, dim_a dim_z)
+        modes_B = None if u is None else self.B.to(f64).flatten(1)
+        Q, R = self.Q.to(f64), self.R.to(f64)
+        observed = mask.to(f64)[..., None, None].unbind(-3)  # T x (batch, 1, 1)
+        a_steps, a64_steps, mask_steps = a.unbind(-2), a.to(f64).unbind(-2), mask.unbind(-1)
+        u_steps = None if u is None else u.to(f64).unbind(-2)
+        mean = self.mu0.to(f64).expand(batch_shape + (self.dim_z,))
+        cov = self.Sigma0.to(f64).expand(batch_shape + (self.dim_z, self.dim_z))
+        L_R = torch.linalg.cholesky(R)
         a_prev = self.dynamics.a0.expand(batch_shape + (self.dim_a,))
         state = self.dynamics.init_state(batch_shape)
-        out = {k: [] for k in ("alpha", "a", "pm", "pc", "fm", "fc", "lp")}
+        out = {k: [] for k in ("alpha", "a", "pm", "pc", "fm", "fc", "w", "L")}
         for t in range(T):
             alpha, state = self.dynamics.step(a_prev, state)
-            A, B, C = self.mix(alpha)
+            alpha64 = alpha.to(f64)
+            A = (alpha64 @ modes_A).unflatten(-1, (self.dim_z, self.dim_z))
+            C = (alpha64 @ modes_C).unflatten(-1, (self.dim_a, self.dim_z))
             if t > 0:
-                b = None if u is None else (B @ u[..., t, :, None]).squeeze(-1)
-                mean, cov = kalman_predict(mean, cov, A, self.Q, b)
+                b = None
+                if u is not None:
+                    B = (alpha64 @ modes_B).unflatten(-1, (self.dim_z, self.dim_u))
+                    b = (B @ u_steps[t].unsqueeze(-1)).squeeze(-1)
+                mean, cov = kalman_predict(mean, cov, A, Q, b)
             pm, pc = mean, cov
             if sample:
                 L = torch.linalg.cholesky(pc)
                 z_hat = pm + (L @ torch.randn_like(pm).unsqueeze(-1)).squeeze(-1)
-                a_hat = (C @ z_hat.unsqueeze(-1)).squeeze(-1) + (L_R @ torch.randn_like(a[..., t, :, None])).squeeze(-1)
+                v = L_R @ torch.randn(batch_shape + (self.dim_a, 1), dtype=f64, device=pm.device)
+                a_hat = (C @ z_hat.unsqueeze(-1) + v).squeeze(-1)
             else:
                 a_hat = (C @ pm.unsqueeze(-1)).squeeze(-1)
-            a_prev = torch.where(mask[..., t, None], a[..., t, :], a_hat)
-            mean, cov, lp = kalman_update(pm, pc, a[..., t, :], C, self.R, mask[..., t])
-            for k, v in zip(out, (alpha, a_prev, pm, pc, mean, cov, lp)):
+            a_prev = torch.where(mask_steps[t].unsqueeze(-1), a_steps[t], a_hat.to(a.dtype))
+            mean, cov, w, L = _update(pm, pc, a64_steps[t], C * observed[t], R)
+            for k, v in zip(out, (alpha, a_prev, pm, pc, mean, cov, w, L)):
                 out[k].append(v)
-        dims = {"alpha": -2, "a": -2, "pm": -2, "pc": -3, "fm": -2, "fc": -3, "lp": -1}
+        dims = {"alpha": -2, "a": -2, "pm": -2, "pc": -3, "fm": -2, "fc": -3, "w": -2, "L": -3}
         st = {k: torch.stack(v, dims[k]) for k, v in out.items()}
-        filtered = KalmanFilterResult(st["pm"], st["pc"], st["fm"], st["fc"], st["lp"].sum(-1), st["lp"])
+        lp = _gaussian_log_prob(st["w"], st["L"])
+        lp = torch.where(mask, lp, lp.new_zeros(()))
+        filtered = KalmanFilterResult(st["pm"], st["pc"], st["fm"], st["fc"], lp.sum(-1), lp)
         return RecursiveFilterResult(st["alpha"], st["a"], filtered)
 
 

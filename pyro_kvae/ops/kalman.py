@@ -1,6 +1,6 @@
 # SPDX-License-Identifier: Apache-2.0
 """
-Sequential Kalman filtering and RTS smoothing in covariance form.
+Sequential Kalman filtering, RTS smoothing and backward sampling in covariance form.
 
 Model (paper indexing, time index ``t = 0 .. T-1`` in tensors stands for
 ``t = 1 .. T`` in the paper)::
@@ -12,28 +12,56 @@ Model (paper indexing, time index ``t = 0 .. T-1`` in tensors stands for
 ``A[..., 0, :, :]`` and ``b[..., 0, :]`` are never used: slot ``t`` holds the
 transition *into* ``z_t``.
 
-These functions loop over time (``O(T)`` depth) and are used where the parallel
-routines of :mod:`pyro_kvae.ops.lgssm` do not serve: per-step filtered and
-smoothed marginals, and the step-by-step :func:`kalman_predict` /
-:func:`kalman_update` interface needed for imputation with a dynamics network in
-the loop (paper section 4). The update uses the Joseph form and symmetrises the
-covariance, so float32 stays accurate on long sequences.
+These functions loop over time (``O(T)`` depth) and serve per-step filtered and
+smoothed marginals, the step-by-step :func:`kalman_predict` / :func:`kalman_update`
+interface needed for imputation with a dynamics network in the loop (paper
+section 4), and ``log p(a)`` in float64. They are written for few operations per
+step, since with ``dim_z`` and ``dim_a`` of a few units every operation is a tiny
+kernel and their number, not their arithmetic, sets the time (on a GPU each is a
+launch):
+
+* the update is ``P' = P - V^T V`` with ``V = L^{-1} C P`` and ``S = L L^T``, the gain
+  never formed; a missing step is an emission matrix of zeros (set for all steps
+  at once), so masking costs nothing inside the loop;
+* time slices come from one ``unbind`` (whose gradient is one ``stack``), and a
+  time dim of 1 (time-invariant parameters) is never expanded ``T``-fold;
+* covariances, gains and Cholesky factors have the batch shape of the parameters
+  and the mask only (a single matrix per step for a model shared by all sequences),
+  means that of the data;
+* log-likelihood terms, smoother gains and backward-sampling noise are computed for
+  all steps at once, outside the loop.
+
+Run in float64 (as :class:`~pyro_kvae.distributions.LinearGaussianSSM` does); float32
+stays accurate on well-conditioned problems but the square-root routines of
+:mod:`pyro_kvae.ops.sqrt_kalman` are the ones built for it.
 """
 
 import math
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import torch
 
-from .checks import broadcast_lgssm
-
-
-def _sym(x: torch.Tensor) -> torch.Tensor:
-    return 0.5 * (x + x.mT)
+from .checks import check_lgssm_shapes, check_lgssm_values
 
 
 def _mv(M: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     return (M @ v.unsqueeze(-1)).squeeze(-1)
+
+
+def _sym(x: torch.Tensor) -> torch.Tensor:
+    """Symmetrises a covariance below float64 (where rounding would otherwise leave it asymmetric
+    beyond the tolerance of positive-definiteness checks); float64 needs no extra operations."""
+    return x if x.dtype == torch.float64 else 0.5 * (x + x.mT)
+
+
+def time_slices(x: Optional[torch.Tensor], T: int, event_dims: int) -> list:
+    """The ``T`` time slices of ``x (..., T or 1, *event)`` without copies (``None`` stays ``None``)."""
+    if x is None:
+        return [None] * T
+    dim = x.dim() - 1 - event_dims
+    if x.size(dim) == 1:
+        return [x.select(dim, 0)] * T
+    return list(x.unbind(dim))
 
 
 def kalman_predict(mean, cov, A, Q, b=None):
@@ -50,8 +78,23 @@ def kalman_predict(mean, cov, A, Q, b=None):
     mean = _mv(A, mean)
     if b is not None:
         mean = mean + b
-    cov = _sym(A @ cov @ A.mT + Q)
-    return mean, cov
+    return mean, _sym(A @ cov @ A.mT + Q)
+
+
+def _update(mean, cov, a, C, R):
+    """Measurement update; returns ``(mean, cov, w, L)`` with the whitened residual
+    ``w = L^{-1} (a - C mean) (..., dim_a)`` and ``S = L L^T`` the innovation covariance."""
+    CP = C @ cov
+    L = torch.linalg.cholesky_ex(CP @ C.mT + R).L
+    V = torch.linalg.solve_triangular(L, CP, upper=False)  # (..., dim_a, dim_z); gain K = V^T L^{-1}
+    w = torch.linalg.solve_triangular(L, (a - _mv(C, mean)).unsqueeze(-1), upper=False)
+    return mean + (V.mT @ w).squeeze(-1), _sym(cov - V.mT @ V), w.squeeze(-1), L
+
+
+def _gaussian_log_prob(w, L):
+    """``log N`` of a residual whitened to ``w (..., dim_a)`` by the Cholesky factor ``L (..., dim_a, dim_a)``."""
+    log_det = L.diagonal(dim1=-2, dim2=-1).log().sum(-1)
+    return -0.5 * w.pow(2).sum(-1) - log_det - 0.5 * w.size(-1) * math.log(2 * math.pi)
 
 
 def kalman_update(mean, cov, a, C, R, mask=None):
@@ -68,28 +111,14 @@ def kalman_update(mean, cov, a, C, R, mask=None):
     :returns: ``(mean, cov, log_prob)`` with the filtered moments and
         ``log p(a_t | a_{<t})`` of shape ``(...)``.
     """
-    pred_a = _mv(C, mean)
+    if mask is not None:  # a zero emission matrix observes nothing
+        a = torch.where(mask.unsqueeze(-1), a, a.new_zeros(()))
+        C = C * mask[..., None, None].to(C.dtype)
+    mean, cov, w, L = _update(mean, cov, a, C, R)
+    log_prob = _gaussian_log_prob(w, L)
     if mask is not None:
-        a = torch.where(mask.unsqueeze(-1), a, pred_a.detach())
-    S = _sym(C @ cov @ C.mT + R)
-    L = torch.linalg.cholesky_ex(S).L
-    r = a - pred_a
-    CP = C @ cov  # (..., dim_a, dim_z)
-    K = torch.cholesky_solve(CP, L).mT  # (..., dim_z, dim_a) = P C^T S^-1
-    new_mean = mean + _mv(K, r)
-    IKC = torch.eye(mean.size(-1), dtype=mean.dtype, device=mean.device) - K @ C
-    new_cov = _sym(IKC @ cov @ IKC.mT + K @ R @ K.mT)
-    white = torch.linalg.solve_triangular(L, r.unsqueeze(-1), upper=False).squeeze(-1)
-    log_prob = (
-        -0.5 * white.pow(2).sum(-1)
-        - L.diagonal(dim1=-2, dim2=-1).log().sum(-1)
-        - 0.5 * a.size(-1) * math.log(2 * math.pi)
-    )
-    if mask is not None:
-        new_mean = torch.where(mask.unsqueeze(-1), new_mean, mean)
-        new_cov = torch.where(mask[..., None, None], new_cov, cov)
         log_prob = torch.where(mask, log_prob, log_prob.new_zeros(()))
-    return new_mean, new_cov, log_prob
+    return mean, cov, log_prob
 
 
 class KalmanFilterResult(NamedTuple):
@@ -99,6 +128,7 @@ class KalmanFilterResult(NamedTuple):
     the filtered marginals ``p(z_t | a_{<=t})``; means ``(batch, T, dim_z)``,
     covariances ``(batch, T, dim_z, dim_z)``; ``log_prob (batch,)`` is
     ``log p(a_obs)`` and ``step_log_prob (batch, T)`` its per-step terms.
+    Covariances may be expanded views of a smaller batch shape (the parameters').
     """
 
     pred_mean: torch.Tensor
@@ -107,6 +137,39 @@ class KalmanFilterResult(NamedTuple):
     filt_cov: torch.Tensor
     log_prob: torch.Tensor
     step_log_prob: torch.Tensor
+
+
+def filter_steps(a, A, C, Q, R, mu0, Sigma0, b=None, mask=None):
+    """
+    The loop of :func:`kalman_filter` on already checked arguments of one dtype (shapes as
+    there; no broadcasting to a common batch shape is needed). Masked steps of ``a`` must
+    be finite. Returns ``KalmanFilterResult`` with its natural (broadcastable) shapes.
+    """
+    T = a.size(-2)
+    if mask is not None:
+        C = C * mask[..., None, None].to(C.dtype)
+    As, Cs, bs, as_ = time_slices(A, T, 2), time_slices(C, T, 2), time_slices(b, T, 1), time_slices(a, T, 1)
+    mean, cov = mu0, Sigma0
+    pm, pc, fm, fc, ws, Ls = [], [], [], [], [], []
+    for t in range(T):
+        if t:
+            mean, cov = kalman_predict(mean, cov, As[t], Q, bs[t])
+        pm.append(mean)
+        pc.append(cov)
+        mean, cov, w, L = _update(mean, cov, as_[t], Cs[t], R)
+        for out, x in ((fm, mean), (fc, cov), (ws, w), (Ls, L)):
+            out.append(x)
+    step = _gaussian_log_prob(torch.stack(_same_shape(ws), -2), torch.stack(_same_shape(Ls), -3))
+    if mask is not None:
+        step = torch.where(mask, step, step.new_zeros(()))
+    pm, pc, fm, fc = (torch.stack(_same_shape(x), -1 - k) for x, k in ((pm, 1), (pc, 2), (fm, 1), (fc, 2)))
+    return KalmanFilterResult(pm, pc, fm, fc, step.sum(-1), step)
+
+
+def _same_shape(xs):
+    """Broadcasts the first elements (e.g. the prior before any data) to the last one's shape for stacking."""
+    shape = xs[-1].shape
+    return [x if x.shape == shape else x.expand(torch.broadcast_shapes(x.shape, shape)) for x in xs]
 
 
 def kalman_filter(a, A, C, Q, R, mu0, Sigma0, b=None, mask=None) -> KalmanFilterResult:
@@ -124,22 +187,24 @@ def kalman_filter(a, A, C, Q, R, mu0, Sigma0, b=None, mask=None) -> KalmanFilter
     :param torch.Tensor mask: optional bool ``(batch, T)``, True where ``a_t`` is observed.
 
     Time-varying arguments may have a time dim of 1, and all batch dims broadcast.
-    Computation is in the dtype of ``A``.
+    Computation is in the dtype of ``A``; outputs have the full broadcast batch shape.
     """
-    p = broadcast_lgssm(A, C, Q, R, mu0, Sigma0, b=b, mask=mask, a=a)
-    mean, cov = p.mu0, p.Sigma0
-    outs = []
-    for t in range(p.shape.T):
-        if t > 0:
-            mean, cov = kalman_predict(mean, cov, p.A[..., t, :, :], p.Q, p.b[..., t, :])
-        m_t = None if p.mask is None else p.mask[..., t]
-        fmean, fcov, lp = kalman_update(mean, cov, p.a[..., t, :], p.C[..., t, :, :], p.R, m_t)
-        outs.append((mean, cov, fmean, fcov, lp))
-        mean, cov = fmean, fcov
-    pm, pc, fm, fc, lp = zip(*outs)
-    lp = torch.stack(lp, -1)
+    shape = check_lgssm_shapes(A, C, Q, R, mu0, Sigma0, b=b, mask=mask, a=a)
+    check_lgssm_values(Q, R, Sigma0, a=a, mask=mask)
+    batch, T, dz, da = shape
+    dtype = A.dtype
+    a = a.to(dtype)
+    if mask is not None:
+        a = torch.where(mask.unsqueeze(-1), a, a.new_zeros(()))
+    cast = (x if x is None else x.to(dtype) for x in (C, Q, R, mu0, Sigma0, b))
+    f = filter_steps(a, A, *cast, mask=mask)
     return KalmanFilterResult(
-        torch.stack(pm, -2), torch.stack(pc, -3), torch.stack(fm, -2), torch.stack(fc, -3), lp.sum(-1), lp
+        f.pred_mean.expand(batch + (T, dz)),
+        f.pred_cov.expand(batch + (T, dz, dz)),
+        f.filt_mean.expand(batch + (T, dz)),
+        f.filt_cov.expand(batch + (T, dz, dz)),
+        f.log_prob.expand(batch),
+        f.step_log_prob.expand(batch + (T,)),
     )
 
 
@@ -164,27 +229,68 @@ def backward_conditional(filt_mean, filt_cov, pred_mean_next, pred_cov_next, A_n
     return mean, _sym(filt_cov - J @ pred_cov_next @ J.mT)
 
 
+def _backward_terms(filtered: KalmanFilterResult, A):
+    """For all ``t < T`` at once: the gains ``J_t``, offsets ``c_t = m_t - J_t p_{t+1}`` and backward
+    conditional covariances ``D_t = F_t - J_t P_{t+1} J_t^T``, so that
+    ``p(z_t | z_{t+1}, a_{<=t}) = N(J_t z_{t+1} + c_t, D_t)``."""
+    fm, fc, pm, pc = filtered.filt_mean, filtered.filt_cov, filtered.pred_mean, filtered.pred_cov
+    A_next = A[..., 1:, :, :] if A.size(-3) > 1 else A
+    F, P_next = fc[..., :-1, :, :], pc[..., 1:, :, :]
+    J = smoother_gain(F, P_next, A_next.to(fc.dtype))
+    c = fm[..., :-1, :] - _mv(J, pm[..., 1:, :])
+    D = _sym(F - J @ P_next @ J.mT)
+    return J, c, D
+
+
 def rts_smoother(filtered: KalmanFilterResult, A):
     """
     Rauch-Tung-Striebel backward pass.
 
     :param KalmanFilterResult filtered: output of :func:`kalman_filter`.
-    :param torch.Tensor A: transition matrices ``(batch, T, dim_z, dim_z)`` as given to the filter.
+    :param torch.Tensor A: transition matrices ``(batch, T, dim_z, dim_z)`` as given to the filter
+        (a time dim of 1 for time-invariant ones).
     :returns: smoothed ``(mean, cov)`` of ``p(z_t | a_obs)``, shapes
         ``(batch, T, dim_z)`` and ``(batch, T, dim_z, dim_z)``.
     """
-    fm, fc, pm, pc = filtered.filt_mean, filtered.filt_cov, filtered.pred_mean, filtered.pred_cov
-    T = fm.size(-2)
-    A = A.to(fm.dtype).expand(fc.shape[:-3] + (T,) + fc.shape[-2:])
-    mean, cov = fm[..., -1, :], fc[..., -1, :, :]
+    T = filtered.filt_mean.size(-2)
+    mean, cov = filtered.filt_mean[..., -1, :], filtered.filt_cov[..., -1, :, :]
+    if T == 1:
+        return filtered.filt_mean, filtered.filt_cov
+    J, c, D = _backward_terms(filtered, A)
+    Js, cs, Ds = J.unbind(-3), c.unbind(-2), D.unbind(-3)
     means, covs = [mean], [cov]
     for t in range(T - 2, -1, -1):
-        J = smoother_gain(fc[..., t, :, :], pc[..., t + 1, :, :], A[..., t + 1, :, :])
-        mean = fm[..., t, :] + _mv(J, mean - pm[..., t + 1, :])
-        cov = _sym(fc[..., t, :, :] + J @ (cov - pc[..., t + 1, :, :]) @ J.mT)
+        mean = _mv(Js[t], mean) + cs[t]
+        cov = _sym(Js[t] @ cov @ Js[t].mT + Ds[t])
         means.append(mean)
         covs.append(cov)
     return torch.stack(means[::-1], -2), torch.stack(covs[::-1], -3)
+
+
+def backward_sample(filtered: KalmanFilterResult, A, noise):
+    """
+    Joint reparameterised sample ``z_{1:T} ~ p(z | a_obs)`` from a filter's output by
+    backward sampling: ``z_T ~ p(z_T | a_obs)``, then ``z_t ~ p(z_t | z_{t+1}, a_{<=t})``.
+
+    :param torch.Tensor A: as given to the filter.
+    :param torch.Tensor noise: standard normal ``sample_shape + (batch, T, dim_z)`` (zeros give
+        the smoothed mean).
+    :returns: ``sample_shape + (batch, T, dim_z)``.
+    """
+    fm, fc = filtered.filt_mean, filtered.filt_cov
+    T = fm.size(-2)
+    L_T = torch.linalg.cholesky(fc[..., -1, :, :])
+    z = fm[..., -1, :] + _mv(L_T, noise[..., -1, :])
+    if T == 1:
+        return z.unsqueeze(-2)
+    J, c, D = _backward_terms(filtered, A)
+    offsets = c + _mv(torch.linalg.cholesky(D), noise[..., :-1, :])  # (..., T-1, dim_z)
+    Js, offs = J.unbind(-3), offsets.unbind(-2)
+    zs = [z]
+    for t in range(T - 2, -1, -1):
+        z = _mv(Js[t], z) + offs[t]
+        zs.append(z)
+    return torch.stack(zs[::-1], -2)
 
 
 def kalman_smoother(a, A, C, Q, R, mu0, Sigma0, b=None, mask=None):
