@@ -231,8 +231,13 @@ def train_rnn_baseline(
                     total, n = total + loss.detach(), n + 1
             state["epoch"] += 1
             s = score(stage)
-            row = {"stage": stage, "epoch": state["epoch"], "train_loss": float(total / n), "valid_error": s,
-                   "seconds": round(time.perf_counter() - started, 3)}
+            row = {
+                "stage": stage,
+                "epoch": state["epoch"],
+                "train_loss": float(total / n),
+                "valid_error": s,
+                "seconds": round(time.perf_counter() - started, 3),
+            }
             state["history"].append({k: (None if v == math.inf else v) for k, v in row.items()})
             if valid is not None and s <= state["best_score"]:
                 state["best_score"] = s
