@@ -118,20 +118,20 @@ class LinearGaussianSSM(TorchDistribution):
     def _dtype(self):
         return self.A.dtype if self.compute_dtype is None else self.compute_dtype
 
+    def _params_in(self, dtype):
+        """:meth:`_params` cast to ``dtype`` (the mask stays bool)."""
+        return {k: v if v is None or k == "mask" else v.to(dtype) for k, v in self._params().items()}
+
     def _sqrt_filter(self, value):
         """Square-root filter in the compute dtype: ``(SqrtFilterResult, A, Q)`` in that dtype."""
-        dtype = self._dtype()
-        p = {k: v if v is None or k == "mask" else v.to(dtype) for k, v in self._params().items()}
-        return sqrt_kalman_filter(value.to(dtype), **p), p["A"], p["Q"]
+        p = self._params_in(self._dtype())
+        return sqrt_kalman_filter(value.to(p["A"].dtype), **p), p["A"], p["Q"]
 
     def _filter64(self, value):
         """Covariance-form filter in float64 at the arguments' own batch shapes (covariances
         batched over the parameters and the mask only): ``(KalmanFilterResult, A)``."""
-        p = {k: v if v is None or k == "mask" else v.to(torch.float64) for k, v in self._params().items()}
-        value = value.to(torch.float64)
-        if p["mask"] is not None:
-            value = torch.where(p["mask"].unsqueeze(-1), value, value.new_zeros(()))
-        return filter_steps(value, **p), p["A"]
+        p = self._params_in(torch.float64)
+        return filter_steps(value.to(torch.float64), **p), p["A"]
 
     def _shared_parameters(self, value):
         """True when the data has more sequences than the parameters and the mask (the

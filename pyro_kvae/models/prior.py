@@ -267,8 +267,7 @@ class KalmanPrior(PyroModule):
                 out[k].append(v)
         dims = {"alpha": -2, "a": -2, "pm": -2, "pc": -3, "fm": -2, "fc": -3, "w": -2, "L": -3}
         st = {k: torch.stack(v, dims[k]) for k, v in out.items()}
-        lp = _gaussian_log_prob(st["w"], st["L"])
-        lp = torch.where(mask, lp, lp.new_zeros(()))
+        lp = _gaussian_log_prob(st["w"], st["L"], mask)
         filtered = KalmanFilterResult(st["pm"], st["pc"], st["fm"], st["fc"], lp.sum(-1), lp)
         return RecursiveFilterResult(st["alpha"], st["a"], filtered)
 

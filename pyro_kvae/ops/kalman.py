@@ -91,10 +91,12 @@ def _update(mean, cov, a, C, R):
     return mean + (V.mT @ w).squeeze(-1), _sym(cov - V.mT @ V), w.squeeze(-1), L
 
 
-def _gaussian_log_prob(w, L):
-    """``log N`` of a residual whitened to ``w (..., dim_a)`` by the Cholesky factor ``L (..., dim_a, dim_a)``."""
+def _gaussian_log_prob(w, L, mask=None):
+    """``log N`` of a residual whitened to ``w (..., dim_a)`` by the Cholesky factor ``L (..., dim_a, dim_a)``;
+    0 where the optional bool ``mask (...)`` is False."""
     log_det = L.diagonal(dim1=-2, dim2=-1).log().sum(-1)
-    return -0.5 * w.pow(2).sum(-1) - log_det - 0.5 * w.size(-1) * math.log(2 * math.pi)
+    log_prob = -0.5 * w.pow(2).sum(-1) - log_det - 0.5 * w.size(-1) * math.log(2 * math.pi)
+    return log_prob if mask is None else torch.where(mask, log_prob, log_prob.new_zeros(()))
 
 
 def kalman_update(mean, cov, a, C, R, mask=None):
@@ -115,10 +117,7 @@ def kalman_update(mean, cov, a, C, R, mask=None):
         a = torch.where(mask.unsqueeze(-1), a, a.new_zeros(()))
         C = C * mask[..., None, None].to(C.dtype)
     mean, cov, w, L = _update(mean, cov, a, C, R)
-    log_prob = _gaussian_log_prob(w, L)
-    if mask is not None:
-        log_prob = torch.where(mask, log_prob, log_prob.new_zeros(()))
-    return mean, cov, log_prob
+    return mean, cov, _gaussian_log_prob(w, L, mask)
 
 
 class KalmanFilterResult(NamedTuple):
@@ -142,11 +141,12 @@ class KalmanFilterResult(NamedTuple):
 def filter_steps(a, A, C, Q, R, mu0, Sigma0, b=None, mask=None):
     """
     The loop of :func:`kalman_filter` on already checked arguments of one dtype (shapes as
-    there; no broadcasting to a common batch shape is needed). Masked steps of ``a`` must
-    be finite. Returns ``KalmanFilterResult`` with its natural (broadcastable) shapes.
+    there; no broadcasting to a common batch shape is needed; masked steps of ``a`` may hold
+    anything). Returns ``KalmanFilterResult`` with its natural (broadcastable) shapes.
     """
     T = a.size(-2)
-    if mask is not None:
+    if mask is not None:  # a zero emission matrix observes nothing
+        a = torch.where(mask.unsqueeze(-1), a, a.new_zeros(()))
         C = C * mask[..., None, None].to(C.dtype)
     As, Cs, bs, as_ = time_slices(A, T, 2), time_slices(C, T, 2), time_slices(b, T, 1), time_slices(a, T, 1)
     mean, cov = mu0, Sigma0
@@ -159,9 +159,7 @@ def filter_steps(a, A, C, Q, R, mu0, Sigma0, b=None, mask=None):
         mean, cov, w, L = _update(mean, cov, as_[t], Cs[t], R)
         for out, x in ((fm, mean), (fc, cov), (ws, w), (Ls, L)):
             out.append(x)
-    step = _gaussian_log_prob(torch.stack(_same_shape(ws), -2), torch.stack(_same_shape(Ls), -3))
-    if mask is not None:
-        step = torch.where(mask, step, step.new_zeros(()))
+    step = _gaussian_log_prob(torch.stack(_same_shape(ws), -2), torch.stack(_same_shape(Ls), -3), mask)
     pm, pc, fm, fc = (torch.stack(_same_shape(x), -1 - k) for x, k in ((pm, 1), (pc, 2), (fm, 1), (fc, 2)))
     return KalmanFilterResult(pm, pc, fm, fc, step.sum(-1), step)
 
@@ -192,12 +190,8 @@ def kalman_filter(a, A, C, Q, R, mu0, Sigma0, b=None, mask=None) -> KalmanFilter
     shape = check_lgssm_shapes(A, C, Q, R, mu0, Sigma0, b=b, mask=mask, a=a)
     check_lgssm_values(Q, R, Sigma0, a=a, mask=mask)
     batch, T, dz, da = shape
-    dtype = A.dtype
-    a = a.to(dtype)
-    if mask is not None:
-        a = torch.where(mask.unsqueeze(-1), a, a.new_zeros(()))
-    cast = (x if x is None else x.to(dtype) for x in (C, Q, R, mu0, Sigma0, b))
-    f = filter_steps(a, A, *cast, mask=mask)
+    a, C, Q, R, mu0, Sigma0, b = (x if x is None else x.to(A.dtype) for x in (a, C, Q, R, mu0, Sigma0, b))
+    f = filter_steps(a, A, C, Q, R, mu0, Sigma0, b, mask)
     return KalmanFilterResult(
         f.pred_mean.expand(batch + (T, dz)),
         f.pred_cov.expand(batch + (T, dz, dz)),
