@@ -145,6 +145,8 @@ def test_backward_sample_is_the_exact_joint_posterior(kind):
         Mi = M[i, :, :, i].reshape(T * dz, T * dz)
         assert (mean[i] - m).abs().max() < 1e-8
         assert (Mi @ Mi.T - S).abs().max() < 1e-8
+    with pytest.raises(ValueError, match="noise must have shape"):
+        backward_sample(f, p["A"], torch.zeros(4, T + 1, dz, dtype=torch.float64))
 
 
 def test_shared_parameters_are_not_expanded():

@@ -273,6 +273,9 @@ def backward_sample(filtered: KalmanFilterResult, A, noise):
     """
     fm, fc = filtered.filt_mean, filtered.filt_cov
     T = fm.size(-2)
+    if not isinstance(noise, torch.Tensor) or noise.shape[-2:] != fm.shape[-2:]:
+        got = tuple(noise.shape) if isinstance(noise, torch.Tensor) else type(noise).__name__
+        raise ValueError(f"noise must have shape sample_shape + (batch, {T}, {fm.size(-1)}), got {got}")
     L_T = torch.linalg.cholesky(fc[..., -1, :, :])
     z = fm[..., -1, :] + _mv(L_T, noise[..., -1, :])
     if T == 1:
