@@ -21,8 +21,9 @@ $(VENV)/.installed: pyproject.toml
 demo: setup
 	$(BIN)/python examples/bouncing_ball.py --resume
 
+# the suite on every core (pytest-xdist; each worker gets its share of torch's threads)
 test: setup
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n auto --dist worksteal
 
 lint: setup
 	$(BIN)/ruff check pyro_kvae tests examples benchmarks

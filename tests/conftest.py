@@ -1,7 +1,14 @@
 # SPDX-License-Identifier: Apache-2.0
+import os
+
 import pyro
 import pytest
 import torch
+
+# under pytest-xdist (`make test` runs `-n auto`) the workers share the cores: one worker's
+# torch ops would otherwise start as many threads as there are cores and oversubscribe them
+if "PYTEST_XDIST_WORKER_COUNT" in os.environ:
+    torch.set_num_threads(max(1, torch.get_num_threads() // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
 
 
 @pytest.fixture(autouse=True)
