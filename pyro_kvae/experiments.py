@@ -52,7 +52,7 @@ from .files import write_json
 from .imputation import generate, impute, pixel_error
 from .nn import MLPDynamics
 from .nn.vae import LIKELIHOODS
-from .train import CHECKPOINT, Trainer, random_mask
+from .train import CHECKPOINT, Trainer, load_checkpoint, random_mask
 
 IMPUTATION_ENVS = ("box", "box_gravity", "polygon", "pong")
 DROP_PROBS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
@@ -154,15 +154,21 @@ def training_seconds(history) -> float:
     return round(sum(h.get("seconds", 0.0) for h in history), 1)
 
 
-def fit_baselines(config, train, valid, run_dir, epochs, seed, device, overwrite=False, rnn_epochs=None):
+def fit_baselines(config, train, valid, run_dir, epochs, seed, device, overwrite=False, rnn_epochs=None,
+                  only_finished=False):  # fmt: skip
     """The AE-RNN and VAE-RNN with the KVAE's encoder/decoder architecture: ``epochs`` of the
     auto-encoder, ``rnn_epochs`` (default ``epochs``) of the LSTM, each model checkpointed in
-    ``run_dir/<name>.pt`` and continued from it. Returns ``{name: (model, info)}``."""
+    ``run_dir/<name>.pt`` and continued from it. With ``only_finished`` a baseline whose training
+    has not finished is left out instead. Returns ``{name: (model, info)}``."""
     out = {}
     for name, variational in (("VAE-RNN", True), ("AE-RNN", False)):
         path = os.path.join(run_dir, f"{name.lower()}.pt")
         if overwrite and os.path.exists(path):
             os.remove(path)
+        if only_finished and not (
+            os.path.exists(path) and load_checkpoint(path, keys=("state",))["state"]["stage"] == "done"
+        ):
+            continue
         torch.manual_seed(seed)
         ref = build_kvae(config)  # same encoder/decoder architecture as the KVAE
         model = RNNBaseline(ref.encoder, ref.decoder, variational, config.dim_a, likelihood=config.likelihood)
@@ -207,7 +213,12 @@ def imputation_experiment(args):
     if args.stage in ("baselines", "all"):
         baselines = fit_baselines(config, train, valid, run_dir, args.baseline_epochs or args.epochs, args.seed,
                                   device, args.overwrite, args.rnn_epochs)  # fmt: skip
-    if args.stage != "all":
+    if args.stage == "evaluate":  # what is trained now: the KVAE at its last finished epoch, finished baselines
+        trainer = Trainer.resume(os.path.join(run_dir, "kvae"), changes={**config.to_dict(), **meta})
+        print(f"{run_dir}: evaluating the KVAE at epoch {trainer.epoch} of {config.epochs}")
+        baselines = fit_baselines(config, train, valid, run_dir, args.baseline_epochs or args.epochs, args.seed,
+                                  device, rnn_epochs=args.rnn_epochs, only_finished=True)  # fmt: skip
+    elif args.stage != "all":
         return None
 
     kvae = trainer.model
@@ -226,6 +237,7 @@ def imputation_experiment(args):
         "n_valid": len(valid),
         "n_test": len(test),
         "kvae_epochs": trainer.epoch,
+        "kvae_epochs_planned": config.epochs,
         "kvae_test_elbo": trainer.evaluate(test),
         "iwae_particles": args.iwae_particles,
         "kvae_test_iwae_bound": trainer.evaluate(test, num_particles=args.iwae_particles),
@@ -273,10 +285,11 @@ def markdown_tables(summary) -> str:
             vals = {r["method"]: r["pixel_error"] for r in rows
                     if r["experiment"] == experiment and r["setting"] == setting}  # fmt: skip
             out.append(f"| {setting} | " + " | ".join(f"{vals[n]:.4f}" for n in names) + " |")
-    floors = ", ".join(f"{n} {b['reconstruction_error_test']:.4f}" for n, b in summary["baselines"].items())
-    times = ", ".join(f"{n} {b['train_seconds']:.0f} s" for n, b in summary["baselines"].items())
-    out += ["", f"Auto-encoders' reconstruction error, every frame observed (test): {floors}. "
-            f"Baselines' training time: {times}."]  # fmt: skip
+    if summary["baselines"]:
+        floors = ", ".join(f"{n} {b['reconstruction_error_test']:.4f}" for n, b in summary["baselines"].items())
+        times = ", ".join(f"{n} {b['train_seconds']:.0f} s" for n, b in summary["baselines"].items())
+        out += ["", f"Auto-encoders' reconstruction error, every frame observed (test): {floors}. "
+                f"Baselines' training time: {times}."]  # fmt: skip
     return "\n".join(out)
 
 
@@ -468,19 +481,38 @@ def pendulum_markdown(summary) -> str:
     return "\n".join(out)
 
 
+def imputation_heading(summary) -> str:
+    """One line on what an imputation ``summary`` was trained on, for how long, and its test ELBO."""
+    s = summary
+    planned = s.get("kvae_epochs_planned", s["kvae_epochs"])
+    epochs = f"{s['kvae_epochs']} of {planned}" if s["kvae_epochs"] < planned else f"{s['kvae_epochs']}"
+    text = (f"{s['n_train']} training sequences, {s['settings']['filters'][0]} filters, KVAE {epochs} epochs "
+            f"({s['kvae_train_seconds']:.0f} s)")  # fmt: skip
+    if s["baselines"]:
+        b = next(iter(s["baselines"].values()))
+        text += f", baselines {b['autoencoder_epochs']} epochs (auto-encoder) and {b['lstm_epochs']} (LSTM)"
+    return text + f"; test ELBO {s['kvae_test_elbo']:.1f}"
+
+
 def run_all(args):
     """Every experiment of the README; writes ``tables.md`` beside them and copies the figures to ``--docs``."""
     summaries = {}
     base = args.run_dir or "runs/experiments"
     folder = args.data or "data"
     if args.tables_only:  # the finished experiments' results files (an unfinished one is listed as such)
-        for name in (*IMPUTATION_ENVS, "pendulum_gaussian_learned", "pendulum_bernoulli"):
+        for name in (*IMPUTATION_ENVS, "box_paper", "pendulum_gaussian_learned", "pendulum_bernoulli"):
             path = os.path.join(base, name, "results.json")
             summaries[name] = json.load(open(path)) if os.path.exists(path) else None
     for env in IMPUTATION_ENVS if not args.tables_only else ():
         sub = argparse.Namespace(**{**vars(args), "env": env, "run_dir": os.path.join(base, env),
                                     "data": os.path.join(folder, f"{env}.npz"), "likelihood": "bernoulli"})  # fmt: skip
         summaries[env] = imputation_experiment(sub)
+    if not args.tables_only:  # the KVAE at the paper's settings on the box (its baselines are the box run's)
+        sub = argparse.Namespace(**{**vars(args), "env": "box", "run_dir": os.path.join(base, "box_paper"),
+                                    "data": os.path.join(folder, "box.npz"), "likelihood": "bernoulli",
+                                    "epochs": args.paper_epochs, "filters": PAPER["filters"], "n_train": None})  # fmt: skip
+        imputation_experiment(argparse.Namespace(**{**vars(sub), "stage": "kvae"}))
+        summaries["box_paper"] = imputation_experiment(argparse.Namespace(**{**vars(sub), "stage": "evaluate"}))
     for likelihood in ("gaussian_learned", "bernoulli") if not args.tables_only else ():
         sub = argparse.Namespace(**{**vars(args), "env": "pendulum", "likelihood": likelihood,
                                     "epochs": args.pendulum_epochs or args.epochs,
@@ -490,15 +522,12 @@ def run_all(args):
     if args.stage != "all":
         return summaries
     text = [f"# Results of `python -m pyro_kvae.experiments {' '.join(sys.argv[1:])}`"]
-    for env in IMPUTATION_ENVS:
+    for env in (*IMPUTATION_ENVS, "box_paper"):
         s = summaries[env]
         if s is None:
             text += ["", f"## {env}: not finished"]
             continue
-        b = next(iter(s["baselines"].values()))
-        text += ["", f"## {env}: {s['n_train']} training sequences, KVAE {s['kvae_epochs']} epochs "
-                 f"({s['kvae_train_seconds']:.0f} s), baselines {b['autoencoder_epochs']} epochs (auto-encoder) and "
-                 f"{b['lstm_epochs']} (LSTM); test ELBO {s['kvae_test_elbo']:.1f}", markdown_tables(s)]  # fmt: skip
+        text += ["", f"## {env}: {imputation_heading(s)}", markdown_tables(s)]
     for likelihood in ("gaussian_learned", "bernoulli"):
         s = summaries[f"pendulum_{likelihood}"]
         text += ["", f"## pendulum, {likelihood}", "", pendulum_markdown(s) if s is not None else "not finished"]
@@ -506,7 +535,7 @@ def run_all(args):
         f.write("\n".join(text) + "\n")
     if args.docs:
         os.makedirs(args.docs, exist_ok=True)
-        for env in (env for env in IMPUTATION_ENVS if summaries[env] is not None):
+        for env in (env for env in (*IMPUTATION_ENVS, "box_paper") if summaries[env] is not None):
             for fig in ("fig3a", "fig3b", "fig5"):
                 shutil.copy(os.path.join(base, env, f"{fig}.png"), os.path.join(args.docs, f"{fig}_{env}.png"))
     print(f"tables in {os.path.abspath(os.path.join(base, 'tables.md'))}")
@@ -534,13 +563,17 @@ def main(argv=None):
     parser.add_argument("--n-train", type=positive_int, help="training sequences (default: all)")
     parser.add_argument("--n-test", type=positive_int, default=1000)
     parser.add_argument("--dynamics", default="lstm", choices=["lstm", "mlp"], help="alpha network (mlp: fig. 4 grid)")
-    parser.add_argument("--stage", default="all", choices=["kvae", "baselines", "all"],
-                        help="train only the KVAE or only the baselines and stop (long runs in pieces)")  # fmt: skip
+    parser.add_argument("--stage", default="all", choices=["kvae", "baselines", "all", "evaluate"],
+                        help="train only the KVAE or only the baselines and stop (long runs in pieces); "
+                        "evaluate: no training, the tables and figures of what is trained in --run-dir now "
+                        "(the KVAE at its last finished epoch, the baselines whose training finished)")  # fmt: skip
     parser.add_argument("--docs", help="with 'all': copy the README's figures to this folder")
     parser.add_argument("--tables-only", action="store_true",
                         help="with 'all': only write tables.md and copy the figures of finished runs")  # fmt: skip
     parser.add_argument("--pendulum-epochs", type=positive_int,
                         help="with 'all': epochs of the pendulum models (default: --epochs; paper: 80)")  # fmt: skip
+    parser.add_argument("--paper-epochs", type=positive_int, default=PAPER["epochs"],
+                        help="with 'all': epochs of the KVAE at the paper's settings on the box (default 80)")  # fmt: skip
     add_common_args(parser)
     args = parser.parse_args(argv)
     if args.cuda and not torch.cuda.is_available():

@@ -10,7 +10,7 @@ import torch
 
 from pyro_kvae.baselines import RNNBaseline
 from pyro_kvae.data import generate, save
-from pyro_kvae.experiments import gap_mask, imputation_table, main
+from pyro_kvae.experiments import gap_mask, imputation_heading, imputation_table, main
 from pyro_kvae.nn import MLPDecoder, MLPEncoder
 from pyro_kvae.train import random_mask
 
@@ -113,6 +113,22 @@ def test_experiment_runner_on_own_videos(tmp_path):
     assert {r["method"] for r in results["rows"]} >= {"KVAE smoothing", "VAE-RNN"} and results["n_test"] == 3
 
 
+def test_evaluate_reports_the_longest_finished_run(tmp_path):
+    """--stage evaluate: the tables of the KVAE as far as it has trained, no training, no baselines until finished."""
+    data, run = str(tmp_path / "box.npz"), tmp_path / "exp"
+    save(data, generate("box", (16, 4, 8), seed=0, progress=False, T=8, size=16))
+    common = ["box", "--data", data, "--run-dir", str(run), "--n-test", "4", "--filters", "4", "4",
+              "--iwae-particles", "2", "--dynamics", "mlp"]  # fmt: skip
+    assert main([*common, "--stage", "kvae", "--epochs", "1"]) is None
+    mtime = os.path.getmtime(run / "kvae" / "checkpoint.pt")
+    s = main([*common, "--stage", "evaluate", "--epochs", "3"])  # a run of 3 epochs, 1 finished
+    assert os.path.getmtime(run / "kvae" / "checkpoint.pt") == mtime
+    assert s["kvae_epochs"] == 1 and s["kvae_epochs_planned"] == 3 and s["baselines"] == {}
+    assert {r["method"] for r in s["rows"]} == {"KVAE smoothing", "KVAE filtering", "blank frames"}
+    assert "KVAE 1 of 3 epochs" in imputation_heading(s)
+    assert json.load(open(run / "results.json"))["kvae_epochs"] == 1 and (run / "fig3a.png").exists()
+
+
 def test_all_runs_every_experiment_and_writes_the_readme_tables(tmp_path):
     folder = tmp_path / "data"
     for env in ("box", "box_gravity", "polygon", "pong"):
@@ -120,15 +136,18 @@ def test_all_runs_every_experiment_and_writes_the_readme_tables(tmp_path):
     save(str(folder / "pendulum.npz"), generate("pendulum", (4, 2, 2), seed=0, progress=False, T=5))
     run, docs = tmp_path / "runs", tmp_path / "docs"
     summaries = main(["all", "--data", str(folder), "--run-dir", str(run), "--docs", str(docs), "--epochs", "1",
-                      "--filters", "4", "4", "--iwae-particles", "2", "--rnn-epochs", "1"])  # fmt: skip
-    assert set(summaries) == {"box", "box_gravity", "polygon", "pong", "pendulum_gaussian_learned",
+                      "--filters", "4", "4", "--iwae-particles", "2", "--rnn-epochs", "1",
+                      "--paper-epochs", "1"])  # fmt: skip
+    assert set(summaries) == {"box", "box_gravity", "polygon", "pong", "box_paper", "pendulum_gaussian_learned",
                               "pendulum_bernoulli"}  # fmt: skip
     tables = open(run / "tables.md").read()
-    for env in ("box", "box_gravity", "polygon", "pong"):
-        assert f"## {env}: 8 training sequences" in tables
+    for env in ("box", "box_gravity", "polygon", "pong", "box_paper"):
+        assert f"## {env}: 8 training sequences, {32 if env == 'box_paper' else 4} filters, KVAE 1 epochs" in tables
         assert json.load(open(run / env / "results.json"))["settings"]["epochs"] == 1
         for fig in ("fig3a", "fig3b", "fig5"):
             assert (docs / f"{fig}_{env}.png").exists()
+    # the paper-settings box is the KVAE alone (its baselines are the box run's)
+    assert summaries["box_paper"]["baselines"] == {} and summaries["box_paper"]["settings"]["filters"] == [32, 32, 32]
     assert "## pendulum, gaussian_learned" in tables and "| DVBF |" in tables and "798.56" in tables
     os.remove(run / "tables.md")
     main(["all", "--run-dir", str(run), "--tables-only"])  # from the results files alone
