@@ -508,9 +508,9 @@ def run_all(args):
                                     "data": os.path.join(folder, f"{env}.npz"), "likelihood": "bernoulli"})  # fmt: skip
         summaries[env] = imputation_experiment(sub)
     if not args.tables_only:  # the KVAE at the paper's settings on the box (its baselines are the box run's)
+        paper = {"epochs": args.paper_epochs, "filters": PAPER["filters"], "n_train": None, "likelihood": "bernoulli"}
         sub = argparse.Namespace(**{**vars(args), "env": "box", "run_dir": os.path.join(base, "box_paper"),
-                                    "data": os.path.join(folder, "box.npz"), "likelihood": "bernoulli",
-                                    "epochs": args.paper_epochs, "filters": PAPER["filters"], "n_train": None})  # fmt: skip
+                                    "data": os.path.join(folder, "box.npz"), **paper})  # fmt: skip
         imputation_experiment(argparse.Namespace(**{**vars(sub), "stage": "kvae"}))
         summaries["box_paper"] = imputation_experiment(argparse.Namespace(**{**vars(sub), "stage": "evaluate"}))
     for likelihood in ("gaussian_learned", "bernoulli") if not args.tables_only else ():
@@ -573,7 +573,7 @@ def main(argv=None):
     parser.add_argument("--pendulum-epochs", type=positive_int,
                         help="with 'all': epochs of the pendulum models (default: --epochs; paper: 80)")  # fmt: skip
     parser.add_argument("--paper-epochs", type=positive_int, default=PAPER["epochs"],
-                        help="with 'all': epochs of the KVAE at the paper's settings on the box (default 80)")  # fmt: skip
+                        help="with 'all': epochs of the paper-settings KVAE on the box (default 80)")  # fmt: skip
     add_common_args(parser)
     args = parser.parse_args(argv)
     if args.cuda and not torch.cuda.is_available():
