@@ -3,7 +3,9 @@
 Training speed of the default KVAE (paper settings) on the bouncing-ball set.
 
 Where the time of one training step goes (forward + backward for one batch of
-32 sequences x 20 frames, each part timed alone)::
+32 sequences x 20 frames, each part timed alone, with its share of the step and
+its FLOP rate), and the epoch time against the matmul roofline of its FLOPs (a
+2048 x 2048 float32 product timed in the same run)::
 
     python benchmarks/bench_training.py [--data data/box.npz] [--batches 20] [--device cpu]
 
@@ -70,12 +72,37 @@ def components(args, data):
             model.prior.lgssm(model.prior.dynamics(a).detach()).log_prob(a).sum().backward()
         ),
     }
-    print(f"torch {torch.__version__}, {device}, {torch.get_num_threads()} threads, batch {config.batch_size} x T 20")
+    peak = matmul_gflops(device)
+    print(f"torch {torch.__version__}, {device}, {torch.get_num_threads()} threads, batch {config.batch_size} x T 20, "
+          f"{config.conv_filters} filters; float32 matmul 2048 x 2048: {peak:.0f} GFLOPS (the roofline)")  # fmt: skip
+    print("| part (forward + backward) | ms | share of the step | GFLOP | GFLOPS |")
+    print("|---|---|---|---|---|")
+    full = None
     for name, fn in parts.items():
-        print(f"  {name:36s} {timed(fn, device):8.1f} ms")
+        ms, gflop = timed(fn, device), flops(fn) / 1e9
+        full = full or ms
+        print(f"| {name} | {ms:.1f} | {100 * ms / full:.0f} % | {gflop:.2f} | {gflop / ms * 1e3:.0f} |")
     n = len(data) // config.batch_size
     ms = timed(lambda: (step(), optimizer.step()), device, repeat=args.batches)
-    print(f"estimated epoch ({n} batches of {config.batch_size}): {ms * n / 1e3:.1f} s")
+    roofline = flops(step) * n / (peak * 1e9)
+    print(f"epoch of {n} batches of {config.batch_size} (step + Adam {ms:.0f} ms): {ms * n / 1e3:.1f} s; the matmul "
+          f"roofline of its FLOPs: {roofline:.1f} s; ratio {ms * n / 1e3 / roofline:.2f}x")  # fmt: skip
+
+
+def matmul_gflops(device, n=2048):
+    """Float32 GFLOPS of an ``n x n`` matrix product on ``device`` with the threads torch has now."""
+    a, b = (torch.randn(n, n, device=device) for _ in range(2))
+    return 2 * n**3 / timed(lambda: a @ b, device, repeat=10) / 1e6
+
+
+def flops(fn) -> int:
+    """FLOPs of the matrix products and convolutions that ``fn()`` runs, forward and backward
+    (``torch.utils.flop_counter``; elementwise work is not counted)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops()
 
 
 # operators that only make views, allocate or dispatch: not compute
