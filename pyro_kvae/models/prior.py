@@ -21,7 +21,7 @@ from torch import nn
 
 from ..distributions import LinearGaussianSSM
 from ..nn.dynamics import DynamicsNetwork
-from ..ops.kalman import KalmanFilterResult, _gaussian_log_prob, _update, kalman_predict
+from ..ops.kalman import KalmanFilterResult, _a_column, _gaussian_log_prob, _joint, _joint_predict, _joint_update
 from ..ops.precision import full_precision
 
 
@@ -233,42 +233,43 @@ class KalmanPrior(PyroModule):
         modes_A, modes_C = self.A.to(f64).flatten(1), self.C.to(f64).flatten(1)  # (K, dim_z^2), (K, dim_a dim_z)
         modes_B = None if u is None else self.B.to(f64).flatten(1)
         Q, R = self.Q.to(f64), self.R.to(f64)
+        dz = self.dim_z
         observed = mask.to(f64)[..., None, None].unbind(-3)  # T x (batch, 1, 1)
-        a_steps, a64_steps, mask_steps = a.unbind(-2), a.to(f64).unbind(-2), mask.unbind(-1)
+        a_steps, mask_steps = a.unbind(-2), mask.unbind(-1)
+        a_cols = _a_column(a.to(f64), dz).unbind(-3)  # T x [0 | a_t] (batch, dim_a, dim_z + 1)
         u_steps = None if u is None else u.to(f64).unbind(-2)
-        mean = self.mu0.to(f64).expand(batch_shape + (self.dim_z,))
-        cov = self.Sigma0.to(f64).expand(batch_shape + (self.dim_z, self.dim_z))
+        M = _joint(self.mu0.to(f64).expand(batch_shape + (dz,)), self.Sigma0.to(f64))  # [P | m]
         L_R = torch.linalg.cholesky(R)
         a_prev = self.dynamics.a0.expand(batch_shape + (self.dim_a,))
         state = self.dynamics.init_state(batch_shape)
-        out = {k: [] for k in ("alpha", "a", "pm", "pc", "fm", "fc", "w", "L")}
+        out = {k: [] for k in ("alpha", "a", "pred", "filt", "Z", "L")}
         for t in range(T):
             alpha, state = self.dynamics.step(a_prev, state)
             alpha64 = alpha.to(f64)
-            A = (alpha64 @ modes_A).unflatten(-1, (self.dim_z, self.dim_z))
-            C = (alpha64 @ modes_C).unflatten(-1, (self.dim_a, self.dim_z))
+            A = (alpha64 @ modes_A).unflatten(-1, (dz, dz))
+            C = (alpha64 @ modes_C).unflatten(-1, (self.dim_a, dz))
             if t > 0:
                 b = None
                 if u is not None:
-                    B = (alpha64 @ modes_B).unflatten(-1, (self.dim_z, self.dim_u))
+                    B = (alpha64 @ modes_B).unflatten(-1, (dz, self.dim_u))
                     b = (B @ u_steps[t].unsqueeze(-1)).squeeze(-1)
-                mean, cov = kalman_predict(mean, cov, A, Q, b)
-            pm, pc = mean, cov
+                M = _joint_predict(M, A, Q, b)
+            pred, X = M, C @ M  # X = [C P | C m]: the predicted a_t is its last column
             if sample:
-                L = torch.linalg.cholesky(pc)
-                z_hat = pm + (L @ torch.randn_like(pm).unsqueeze(-1)).squeeze(-1)
-                v = L_R @ torch.randn(batch_shape + (self.dim_a, 1), dtype=f64, device=pm.device)
+                L = torch.linalg.cholesky(pred[..., :dz])
+                z_hat = pred[..., dz] + (L @ torch.randn_like(pred[..., dz]).unsqueeze(-1)).squeeze(-1)
+                v = L_R @ torch.randn(batch_shape + (self.dim_a, 1), dtype=f64, device=M.device)
                 a_hat = (C @ z_hat.unsqueeze(-1) + v).squeeze(-1)
             else:
-                a_hat = (C @ pm.unsqueeze(-1)).squeeze(-1)
+                a_hat = X[..., dz]
             a_prev = torch.where(mask_steps[t].unsqueeze(-1), a_steps[t], a_hat.to(a.dtype))
-            mean, cov, w, L = _update(pm, pc, a64_steps[t], C * observed[t], R)
-            for k, v in zip(out, (alpha, a_prev, pm, pc, mean, cov, w, L)):
+            M, Z, L = _joint_update(pred, X * observed[t], a_cols[t], C, R)  # a missing step observes nothing
+            for k, v in zip(out, (alpha, a_prev, pred, M, Z, L)):
                 out[k].append(v)
-        dims = {"alpha": -2, "a": -2, "pm": -2, "pc": -3, "fm": -2, "fc": -3, "w": -2, "L": -3}
-        st = {k: torch.stack(v, dims[k]) for k, v in out.items()}
-        lp = _gaussian_log_prob(st["w"], st["L"], mask)
-        filtered = KalmanFilterResult(st["pm"], st["pc"], st["fm"], st["fc"], lp.sum(-1), lp)
+        st = {k: torch.stack(v, -2 if k in ("alpha", "a") else -3) for k, v in out.items()}
+        lp = _gaussian_log_prob(st["Z"][..., dz], st["L"], mask)  # Z[..., dz] = -w
+        pred, filt = st["pred"], st["filt"]
+        filtered = KalmanFilterResult(pred[..., dz], pred[..., :dz], filt[..., dz], filt[..., :dz], lp.sum(-1), lp)
         return RecursiveFilterResult(st["alpha"], st["a"], filtered)
 
 

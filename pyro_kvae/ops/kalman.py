@@ -81,6 +81,53 @@ def kalman_predict(mean, cov, A, Q, b=None):
     return mean, _sym(A @ cov @ A.mT + Q)
 
 
+def _baddmm(C, X, Y, alpha=1.0):
+    """``C + alpha X @ Y``, in one operation (``torch.baddbmm``, ``C`` broadcast) where ``X`` and ``Y``
+    are batches of matrices of one batch size."""
+    if X.dim() == 3 and Y.dim() == 3 and X.size(0) == Y.size(0):
+        return torch.baddbmm(C, X, Y, alpha=alpha)
+    return torch.add(C, X @ Y, alpha=alpha)
+
+
+def _joint_predict(M, A, Q, b=None):
+    """
+    The prediction step on ``M = [P | m] (..., dim_z, dim_z + 1)``, a covariance and its mean
+    side by side: ``[A P A^T + Q | A m + b]`` in 3 operations (one product serves both).
+    """
+    dz = M.size(-2)
+    AM = A @ M
+    m = AM[..., dz:] if b is None else AM[..., dz:] + b.unsqueeze(-1)
+    return torch.cat([_sym(_baddmm(Q, AM[..., :dz], A.mT)), m], -1)
+
+
+def _joint_update(M, X, a_col, C, R):
+    """
+    The measurement update on ``M = [P | m]`` given ``X = C M = [C P | C m] (..., dim_a, dim_z + 1)``
+    and ``a_col = [0 | a]`` (same shape): ``[P - V^T V | m + V^T w]`` in 5 operations, with
+    ``S = C P C^T + R = L L^T``, ``V = L^{-1} C P`` and ``w = L^{-1} (a - C m)``.
+
+    :returns: ``(M', Z, L)`` with ``Z = [V | -w]``.
+    """
+    dz = M.size(-2)
+    L = torch.linalg.cholesky_ex(_baddmm(R, X[..., :dz], C.mT)).L
+    Z = torch.linalg.solve_triangular(L, X - a_col, upper=False)
+    M = _baddmm(M, Z[..., :dz].mT, Z, alpha=-1.0)
+    if M.dtype != torch.float64:  # keep the covariance symmetric under rounding
+        M = torch.cat([_sym(M[..., :dz]), M[..., dz:]], -1)
+    return M, Z, L
+
+
+def _joint(mean, cov):
+    """``[cov | mean] (..., dim_z, dim_z + 1)`` at the batch shape of both."""
+    batch = torch.broadcast_shapes(mean.shape[:-1], cov.shape[:-2])
+    return torch.cat([cov.expand(batch + cov.shape[-2:]), mean.expand(batch + mean.shape[-1:]).unsqueeze(-1)], -1)
+
+
+def _a_column(a, dim_z):
+    """``[0 | a] (..., dim_a, dim_z + 1)`` for ``a (..., dim_a)``: the data in the mean's column."""
+    return torch.cat([a.new_zeros(a.shape + (dim_z,)), a.unsqueeze(-1)], -1)
+
+
 def _update(mean, cov, a, C, R):
     """Measurement update; returns ``(mean, cov, w, L)`` with the whitened residual
     ``w = L^{-1} (a - C mean) (..., dim_a)`` and ``S = L L^T`` the innovation covariance."""
@@ -144,10 +191,44 @@ def filter_steps(a, A, C, Q, R, mu0, Sigma0, b=None, mask=None):
     there; no broadcasting to a common batch shape is needed; masked steps of ``a`` may hold
     anything). Returns ``KalmanFilterResult`` with its natural (broadcastable) shapes.
     """
-    T = a.size(-2)
+    T, dz = a.size(-2), mu0.size(-1)
     if mask is not None:  # a zero emission matrix observes nothing
         a = torch.where(mask.unsqueeze(-1), a, a.new_zeros(()))
         C = C * mask[..., None, None].to(C.dtype)
+    if _shared(a, A, C, Q, R, b, mask, mu0, Sigma0):
+        return _filter_shared(a, A, C, Q, R, mu0, Sigma0, b, mask)
+    As, Cs, bs, a_cols = (
+        time_slices(A, T, 2),
+        time_slices(C, T, 2),
+        time_slices(b, T, 1),
+        time_slices(_a_column(a, dz), T, 2),
+    )
+    M = _joint(mu0, Sigma0)  # [P | m], one product per step serves covariance and mean
+    preds, filts, Zs, Ls = [], [], [], []
+    for t in range(T):
+        if t:
+            M = _joint_predict(M, As[t], Q, bs[t])
+        preds.append(M)
+        M, Z, L = _joint_update(M, Cs[t] @ M, a_cols[t], Cs[t], R)
+        for out, x in ((filts, M), (Zs, Z), (Ls, L)):
+            out.append(x)
+    pred, filt, Z = (torch.stack(_same_shape(x), -3) for x in (preds, filts, Zs))
+    step = _gaussian_log_prob(Z[..., dz], torch.stack(_same_shape(Ls), -3), mask)  # Z[..., dz] = -w
+    return KalmanFilterResult(pred[..., dz], pred[..., :dz], filt[..., dz], filt[..., :dz], step.sum(-1), step)
+
+
+def _shared(a, A, C, Q, R, b, mask, mu0, Sigma0):
+    """Whether the covariances have fewer batch elements than the means (parameters shared by
+    sequences): then they are filtered once, apart from the means."""
+    cov_batch = torch.broadcast_shapes(A.shape[:-3], C.shape[:-3], Q.shape[:-2], R.shape[:-2], Sigma0.shape[:-2],
+                                       () if mask is None else mask.shape[:-1])  # fmt: skip
+    mean_batch = torch.broadcast_shapes(cov_batch, a.shape[:-2], mu0.shape[:-1], () if b is None else b.shape[:-2])
+    return cov_batch.numel() < mean_batch.numel()
+
+
+def _filter_shared(a, A, C, Q, R, mu0, Sigma0, b=None, mask=None):
+    """:func:`filter_steps` with covariances at their own (smaller) batch shape."""
+    T = a.size(-2)
     As, Cs, bs, as_ = time_slices(A, T, 2), time_slices(C, T, 2), time_slices(b, T, 1), time_slices(a, T, 1)
     mean, cov = mu0, Sigma0
     pm, pc, fm, fc, ws, Ls = [], [], [], [], [], []
@@ -251,14 +332,15 @@ def rts_smoother(filtered: KalmanFilterResult, A):
     if T == 1:
         return filtered.filt_mean, filtered.filt_cov
     J, c, D = _backward_terms(filtered, A)
-    Js, cs, Ds = J.unbind(-3), c.unbind(-2), D.unbind(-3)
+    Js, cs, Ds = J.unbind(-3), c.unsqueeze(-1).unbind(-3), D.unbind(-3)
+    mean = mean.unsqueeze(-1)  # a column, so that each step is one product-and-add
     means, covs = [mean], [cov]
     for t in range(T - 2, -1, -1):
-        mean = _mv(Js[t], mean) + cs[t]
-        cov = _sym(Js[t] @ cov @ Js[t].mT + Ds[t])
+        mean = _baddmm(cs[t], Js[t], mean)
+        cov = _sym(_baddmm(Ds[t], Js[t] @ cov, Js[t].mT))
         means.append(mean)
         covs.append(cov)
-    return torch.stack(means[::-1], -2), torch.stack(covs[::-1], -3)
+    return torch.stack(_same_shape(means[::-1]), -3).squeeze(-1), torch.stack(_same_shape(covs[::-1]), -3)
 
 
 def backward_sample(filtered: KalmanFilterResult, A, noise):
@@ -282,12 +364,11 @@ def backward_sample(filtered: KalmanFilterResult, A, noise):
         return z.unsqueeze(-2)
     J, c, D = _backward_terms(filtered, A)
     offsets = c + _mv(torch.linalg.cholesky(D), noise[..., :-1, :])  # (..., T-1, dim_z)
-    Js, offs = J.unbind(-3), offsets.unbind(-2)
-    zs = [z]
+    Js, offs = J.unbind(-3), offsets.unsqueeze(-1).unbind(-3)
+    zs = [z.unsqueeze(-1)]
     for t in range(T - 2, -1, -1):
-        z = _mv(Js[t], z) + offs[t]
-        zs.append(z)
-    return torch.stack(zs[::-1], -2)
+        zs.append(_baddmm(offs[t], Js[t], zs[-1]))
+    return torch.stack(_same_shape(zs[::-1]), -3).squeeze(-1)
 
 
 def kalman_smoother(a, A, C, Q, R, mu0, Sigma0, b=None, mask=None):
