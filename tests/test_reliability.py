@@ -166,7 +166,11 @@ def test_new_run_never_replaces_a_checkpoint(tmp_path, data_path):
 
 def run_worker(run_dir, data, epochs):
     cmd = [sys.executable, os.path.join(ROOT, "tests", "train_worker.py"), run_dir, data, str(epochs)]
-    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # this process's thread count (pytest-xdist workers share the cores), so that the worker's
+    # training is bitwise the same as a straight run here
+    env = {**os.environ, "TRAIN_WORKER_THREADS": str(torch.get_num_threads())}
+    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env)  # fmt: skip
     line = proc.stdout.readline()
     assert line.startswith("ready"), proc.stderr.read()
     return proc, int(line.split()[1])

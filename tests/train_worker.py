@@ -13,6 +13,7 @@ import os
 import sys
 
 import lightning
+import torch
 
 from pyro_kvae.config import KVAEConfig
 from pyro_kvae.data import VideoDataset
@@ -35,6 +36,8 @@ class Announce(lightning.Callback):
 
 
 def main(run_dir, data, epochs):
+    if "TRAIN_WORKER_THREADS" in os.environ:  # the test's own, for bitwise the same training
+        torch.set_num_threads(int(os.environ["TRAIN_WORKER_THREADS"]))
     train = VideoDataset(data, "train")
     if os.path.exists(os.path.join(run_dir, CHECKPOINT)):
         trainer = Trainer.resume(run_dir, changes={"epochs": epochs}, progress=False, callbacks=[Announce()])
