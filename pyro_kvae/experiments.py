@@ -289,8 +289,25 @@ def markdown_tables(summary) -> str:
         floors = ", ".join(f"{n} {b['reconstruction_error_test']:.4f}" for n, b in summary["baselines"].items())
         times = ", ".join(f"{n} {b['train_seconds']:.0f} s" for n, b in summary["baselines"].items())
         out += ["", f"Auto-encoders' reconstruction error, every frame observed (test): {floors}. "
-                f"Baselines' training time: {times}."]  # fmt: skip
+                f"Baselines' training time: {times}.", "", blank_frames_check(summary)]  # fmt: skip
     return "\n".join(out)
+
+
+def blank_frames_check(summary, max_prob=0.8, max_gap=8) -> str:
+    """Where each baseline of an imputation ``summary`` is not below the blank-frame error, at drop
+    probabilities up to ``max_prob`` and gaps up to ``max_gap`` (the issue's bar), as one sentence."""
+    rows = summary["rows"]
+    blank = {(r["experiment"], r["setting"]): r["pixel_error"] for r in rows if r["method"] == "blank frames"}
+    limit = {"missing_at_random": max_prob, "missing_in_middle": max_gap}
+    parts = []
+    for name in summary["baselines"]:
+        bad = [("p=" if r["experiment"] == "missing_at_random" else "gap ") + f"{r['setting']}" for r in rows
+               if r["method"] == name and r["setting"] <= limit[r["experiment"]]
+               and r["pixel_error"] >= blank[r["experiment"], r["setting"]]]  # fmt: skip
+        everywhere = f"every drop probability <= {max_prob} and every gap <= {max_gap}"
+        parts.append(f"{name}: not below blank frames at {', '.join(bad)}" if bad else
+                     f"{name}: below blank frames at {everywhere}")  # fmt: skip
+    return "Against blank frames: " + "; ".join(parts) + "."
 
 
 def plot_curves(rows, experiment, xlabel, path, paper=None):

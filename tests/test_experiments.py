@@ -10,7 +10,7 @@ import torch
 
 from pyro_kvae.baselines import RNNBaseline
 from pyro_kvae.data import generate, save
-from pyro_kvae.experiments import gap_mask, imputation_heading, imputation_table, main
+from pyro_kvae.experiments import blank_frames_check, gap_mask, imputation_heading, imputation_table, main
 from pyro_kvae.nn import MLPDecoder, MLPEncoder
 from pyro_kvae.train import random_mask
 
@@ -30,6 +30,17 @@ def test_imputation_table_scores_each_method_on_the_same_masks():
     rows = imputation_table(methods, x, probs=(0.5,), gaps=(4,))
     errors = {(r["setting"], r["method"]): r["pixel_error"] for r in rows}
     assert errors == {(0.5, "truth"): 0.0, (0.5, "inverted"): 1.0, (4, "truth"): 0.0, (4, "inverted"): 1.0}
+
+
+def test_blank_frames_check_names_where_a_baseline_is_not_below_blank_frames():
+    rows = [{"experiment": e, "setting": k, "method": m, "pixel_error": v}
+            for e, k, m, v in [("missing_at_random", 0.5, "blank frames", 0.02), ("missing_at_random", 0.5, "A", 0.01),
+                               ("missing_at_random", 0.5, "B", 0.03), ("missing_at_random", 0.9, "blank frames", 0.02),
+                               ("missing_at_random", 0.9, "A", 0.05), ("missing_in_middle", 7, "blank frames", 0.02),
+                               ("missing_in_middle", 7, "A", 0.01), ("missing_in_middle", 7, "B", 0.02)]]  # fmt: skip
+    text = blank_frames_check({"rows": rows, "baselines": {"A": {}, "B": {}}})
+    assert text == ("Against blank frames: A: below blank frames at every drop probability <= 0.8 and every gap <= 8; "
+                    "B: not below blank frames at p=0.5, gap 7.")  # fmt: skip
 
 
 def test_rnn_baseline_feeds_its_own_predictions_where_missing():
@@ -146,6 +157,7 @@ def test_all_runs_every_experiment_and_writes_the_readme_tables(tmp_path):
         assert json.load(open(run / env / "results.json"))["settings"]["epochs"] == 1
         for fig in ("fig3a", "fig3b", "fig5"):
             assert (docs / f"{fig}_{env}.png").exists()
+    assert tables.count("Against blank frames: VAE-RNN: ") == 4  # each run with baselines
     # the paper-settings box is the KVAE alone (its baselines are the box run's)
     assert summaries["box_paper"]["baselines"] == {} and summaries["box_paper"]["settings"]["filters"] == [32, 32, 32]
     assert "## pendulum, gaussian_learned" in tables and "| DVBF |" in tables and "798.56" in tables
