@@ -42,11 +42,13 @@ class LinearGaussianSSM(TorchDistribution):
     :param int duration: ``T`` when every time-varying argument has a time dim of 1.
     :param torch.dtype compute_dtype: dtype inference runs in (default float64,
         results are cast back); ``None`` computes in the parameters' dtype.
-        In float64, :meth:`log_prob` and :meth:`rsample_posterior` use the parallel
-        scan (log-depth in ``T``) when the parameters differ between sequences, and
-        the sequential covariance-form filter when the data has more sequences than
-        the parameters (e.g. one time-invariant model for all): its covariances,
-        gains and Cholesky factors are then computed once for all sequences. In any
+        In float64, :meth:`log_prob` and :meth:`rsample_posterior` use the
+        sequential covariance-form filter when the data has more sequences than the
+        parameters (e.g. one time-invariant model for all): its covariances, gains
+        and Cholesky factors are then computed once for all sequences. Otherwise
+        :meth:`log_prob` uses it on a CPU too (faster there at every size measured)
+        and the parallel scan (log-depth in ``T``) on a GPU, and :meth:`rsample_posterior`
+        the parallel scan. In any
         other dtype they use the sequential square-root filter of
         :mod:`pyro_kvae.ops.sqrt_kalman`, since the parallel scan's information form
         loses all accuracy in float32 on ill-conditioned problems (tiny ``Q`` or ``R``,
@@ -148,7 +150,9 @@ class LinearGaussianSSM(TorchDistribution):
         self._check_value(value)
         if self._dtype() != torch.float64:
             return self._sqrt_filter(value)[0].log_prob.to(value.dtype)
-        if self._shared_parameters(value):
+        if self._shared_parameters(value) or value.device.type == "cpu":
+            # the sequential filter (see the class docstring); on a GPU the parallel scan's
+            # O(log T) depth needs fewer launches on long sequences
             lp = self._filter64(value)[0].log_prob
             return lp.expand(value.shape[:-2]).to(value.dtype)
         return lgssm_log_prob(value, compute_dtype=self.compute_dtype, **self._params())

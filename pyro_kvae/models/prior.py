@@ -230,7 +230,8 @@ class KalmanPrior(PyroModule):
         # per step: the modes mixed by one matrix product each, and a missing step observed
         # through a zero emission matrix (see pyro_kvae.ops.kalman)
         f64 = torch.float64
-        modes_A, modes_C = self.A.to(f64).flatten(1), self.C.to(f64).flatten(1)  # (K, dim_z^2), (K, dim_a dim_z)
+        modes_A = self.A.to(f64).flatten(1)  # (K, dim_z^2)
+        modes_C = torch.nn.functional.pad(self.C.to(f64), (0, 1)).flatten(1)  # (K, dim_a (dim_z + 1)): [C^k | 0]
         modes_B = None if u is None else self.B.to(f64).flatten(1)
         Q, R = self.Q.to(f64), self.R.to(f64)
         dz = self.dim_z
@@ -247,7 +248,8 @@ class KalmanPrior(PyroModule):
             alpha, state = self.dynamics.step(a_prev, state)
             alpha64 = alpha.to(f64)
             A = (alpha64 @ modes_A).unflatten(-1, (dz, dz))
-            C = (alpha64 @ modes_C).unflatten(-1, (self.dim_a, dz))
+            Ct = (alpha64 @ modes_C).unflatten(-1, (self.dim_a, dz + 1))  # [C_t | 0]
+            C = Ct[..., :dz]
             if t > 0:
                 b = None
                 if u is not None:
@@ -263,7 +265,7 @@ class KalmanPrior(PyroModule):
             else:
                 a_hat = X[..., dz]
             a_prev = torch.where(mask_steps[t].unsqueeze(-1), a_steps[t], a_hat.to(a.dtype))
-            M, Z, L = _joint_update(pred, X * observed[t], a_cols[t], C, R)  # a missing step observes nothing
+            M, Z, L = _joint_update(pred, X * observed[t], a_cols[t], Ct, R)  # a missing step observes nothing
             for k, v in zip(out, (alpha, a_prev, pred, M, Z, L)):
                 out[k].append(v)
         st = {k: torch.stack(v, -2 if k in ("alpha", "a") else -3) for k, v in out.items()}

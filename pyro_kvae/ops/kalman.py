@@ -100,16 +100,38 @@ def _joint_predict(M, A, Q, b=None):
     return torch.cat([_sym(_baddmm(Q, AM[..., :dz], A.mT)), m], -1)
 
 
-def _joint_update(M, X, a_col, C, R):
+def _transition_blocks(A, Q, b=None):
+    """``A_r = [[A^T, 0], [0, 1]] (..., T, dim_z + 1, dim_z + 1)`` and ``Q_b = [Q | b] (..., T or 1, dim_z, dim_z + 1)``
+    for all steps at once, so that a prediction step is ``(A M) A_r + Q_b`` (:func:`_predict_blocks`)."""
+    dz = A.size(-1)
+    Ar = torch.nn.functional.pad(A.mT, (0, 1, 0, 1))
+    Ar[..., dz, dz] = 1.0
+    Q = Q.unsqueeze(-3)  # a time dim of 1
+    if b is None:
+        return Ar, torch.nn.functional.pad(Q, (0, 1))
+    batch = torch.broadcast_shapes(Q.shape[:-2], b.shape[:-1])
+    return Ar, torch.cat([Q.expand(batch + Q.shape[-2:]), b.expand(batch + b.shape[-1:]).unsqueeze(-1)], -1)
+
+
+def _predict_blocks(M, A, Ar, Qb):
+    """:func:`_joint_predict` in 2 operations, with the blocks of :func:`_transition_blocks`."""
+    M = _baddmm(Qb, A @ M, Ar)
+    if M.dtype != torch.float64:  # keep the covariance symmetric under rounding
+        dz = M.size(-2)
+        M = torch.cat([_sym(M[..., :dz]), M[..., dz:]], -1)
+    return M
+
+
+def _joint_update(M, X, a_col, Ct, R):
     """
-    The measurement update on ``M = [P | m]`` given ``X = C M = [C P | C m] (..., dim_a, dim_z + 1)``
-    and ``a_col = [0 | a]`` (same shape): ``[P - V^T V | m + V^T w]`` in 5 operations, with
-    ``S = C P C^T + R = L L^T``, ``V = L^{-1} C P`` and ``w = L^{-1} (a - C m)``.
+    The measurement update on ``M = [P | m]`` given ``X = C M = [C P | C m] (..., dim_a, dim_z + 1)``,
+    ``a_col = [0 | a]`` and ``Ct = [C | 0]`` (same shape): ``[P - V^T V | m + V^T w]`` in 5
+    operations, with ``S = C P C^T + R = X Ct^T + R = L L^T``, ``V = L^{-1} C P`` and ``w = L^{-1} (a - C m)``.
 
     :returns: ``(M', Z, L)`` with ``Z = [V | -w]``.
     """
     dz = M.size(-2)
-    L = torch.linalg.cholesky_ex(_baddmm(R, X[..., :dz], C.mT)).L
+    L = torch.linalg.cholesky_ex(_baddmm(R, X, Ct.mT)).L
     Z = torch.linalg.solve_triangular(L, X - a_col, upper=False)
     M = _baddmm(M, Z[..., :dz].mT, Z, alpha=-1.0)
     if M.dtype != torch.float64:  # keep the covariance symmetric under rounding
@@ -197,19 +219,16 @@ def filter_steps(a, A, C, Q, R, mu0, Sigma0, b=None, mask=None):
         C = C * mask[..., None, None].to(C.dtype)
     if _shared(a, A, C, Q, R, b, mask, mu0, Sigma0):
         return _filter_shared(a, A, C, Q, R, mu0, Sigma0, b, mask)
-    As, Cs, bs, a_cols = (
-        time_slices(A, T, 2),
-        time_slices(C, T, 2),
-        time_slices(b, T, 1),
-        time_slices(_a_column(a, dz), T, 2),
-    )
+    Ar, Qb = _transition_blocks(A, Q, b)
+    Ct = torch.nn.functional.pad(C, (0, 1))  # [C | 0]
+    As, Ars, Qbs, Cs, Cts, a_cols = (time_slices(x, T, 2) for x in (A, Ar, Qb, C, Ct, _a_column(a, dz)))
     M = _joint(mu0, Sigma0)  # [P | m], one product per step serves covariance and mean
     preds, filts, Zs, Ls = [], [], [], []
     for t in range(T):
         if t:
-            M = _joint_predict(M, As[t], Q, bs[t])
+            M = _predict_blocks(M, As[t], Ars[t], Qbs[t])
         preds.append(M)
-        M, Z, L = _joint_update(M, Cs[t] @ M, a_cols[t], Cs[t], R)
+        M, Z, L = _joint_update(M, Cs[t] @ M, a_cols[t], Cts[t], R)
         for out, x in ((filts, M), (Zs, Z), (Ls, L)):
             out.append(x)
     pred, filt, Z = (torch.stack(_same_shape(x), -3) for x in (preds, filts, Zs))
