@@ -61,15 +61,26 @@ class RNNDynamics(DynamicsNetwork):
         return torch.softmax(self.out(h), -1).reshape(batch + (x.size(-2), self.K))
 
     def init_state(self, batch_shape):
-        zero = self.a0.new_zeros((1, torch.Size(batch_shape).numel(), self.rnn.hidden_size))
+        zero = self.a0.new_zeros((torch.Size(batch_shape).numel(), self.rnn.hidden_size))
         return (zero, zero) if isinstance(self.rnn, nn.LSTM) else zero
 
     def step(self, a_prev, state):
-        """``a_prev (batch, dim_a)`` -> ``alpha_t (batch, K)``, new state."""
+        """``a_prev (batch, dim_a)`` -> ``alpha_t (batch, K)``, new state.
+
+        One cell of ``self.rnn`` with its own weights (``torch.lstm_cell`` / ``torch.gru_cell``):
+        the same function as a step of ``self.rnn``, without the set-up of a whole-sequence
+        call, which on a CPU (oneDNN) costs more than the step itself."""
         if state is None:
             raise ValueError("state must come from init_state(batch_shape)")
-        h, state = self.rnn(a_prev.reshape(-1, 1, self.dim_a), state)
-        return torch.softmax(self.out(h[:, 0]), -1).reshape(a_prev.shape[:-1] + (self.K,)), state
+        rnn = self.rnn
+        weights = (rnn.weight_ih_l0, rnn.weight_hh_l0, rnn.bias_ih_l0, rnn.bias_hh_l0)
+        x = a_prev.reshape(-1, self.dim_a)
+        if isinstance(rnn, nn.LSTM):
+            state = torch.lstm_cell(x, state, *weights)
+            h = state[0]
+        else:
+            state = h = torch.gru_cell(x, state, *weights)
+        return torch.softmax(self.out(h), -1).reshape(a_prev.shape[:-1] + (self.K,)), state
 
 
 class LSTMDynamics(RNNDynamics):
