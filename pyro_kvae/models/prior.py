@@ -21,7 +21,7 @@ from torch import nn
 
 from ..distributions import LinearGaussianSSM
 from ..nn.dynamics import DynamicsNetwork
-from ..ops.kalman import KalmanFilterResult, _a_column, _gaussian_log_prob, _joint, _joint_predict, _joint_update
+from ..ops.kalman import KalmanFilterResult, _a_column, _gaussian_log_prob, _joint, _joint_update, _predict_blocks
 from ..ops.precision import full_precision
 
 
@@ -230,11 +230,16 @@ class KalmanPrior(PyroModule):
         # per step: the modes mixed by one matrix product each, and a missing step observed
         # through a zero emission matrix (see pyro_kvae.ops.kalman)
         f64 = torch.float64
-        modes_A = self.A.to(f64).flatten(1)  # (K, dim_z^2)
-        modes_C = torch.nn.functional.pad(self.C.to(f64), (0, 1)).flatten(1)  # (K, dim_a (dim_z + 1)): [C^k | 0]
+        dz, pad = self.dim_z, torch.nn.functional.pad
+        # the modes as the blocks of the joint [P | m] steps (pyro_kvae.ops.kalman._transition_blocks):
+        # A_r = [[A^T, 0], [0, 1]] (its corner added once per step) and [C | 0]
+        modes_Ar = pad(self.A.to(f64).mT, (0, 1, 0, 1)).flatten(1)  # (K, (dim_z + 1)^2)
+        corner = torch.zeros((dz + 1) ** 2, dtype=f64, device=a.device)
+        corner[-1] = 1.0
+        modes_C = pad(self.C.to(f64), (0, 1)).flatten(1)  # (K, dim_a (dim_z + 1))
         modes_B = None if u is None else self.B.to(f64).flatten(1)
         Q, R = self.Q.to(f64), self.R.to(f64)
-        dz = self.dim_z
+        Qb = pad(Q, (0, 1))  # [Q | 0]
         observed = mask.to(f64)[..., None, None].unbind(-3)  # T x (batch, 1, 1)
         a_steps, mask_steps = a.unbind(-2), mask.unbind(-1)
         a_cols = _a_column(a.to(f64), dz).unbind(-3)  # T x [0 | a_t] (batch, dim_a, dim_z + 1)
@@ -247,15 +252,14 @@ class KalmanPrior(PyroModule):
         for t in range(T):
             alpha, state = self.dynamics.step(a_prev, state)
             alpha64 = alpha.to(f64)
-            A = (alpha64 @ modes_A).unflatten(-1, (dz, dz))
+            Ar = torch.addmm(corner, alpha64, modes_Ar).unflatten(-1, (dz + 1, dz + 1))
             Ct = (alpha64 @ modes_C).unflatten(-1, (self.dim_a, dz + 1))  # [C_t | 0]
-            C = Ct[..., :dz]
+            A, C = Ar[..., :dz, :dz].mT, Ct[..., :dz]
             if t > 0:
-                b = None
                 if u is not None:
                     B = (alpha64 @ modes_B).unflatten(-1, (dz, self.dim_u))
-                    b = (B @ u_steps[t].unsqueeze(-1)).squeeze(-1)
-                M = _joint_predict(M, A, Q, b)
+                    Qb = torch.cat([Q.expand(batch_shape + Q.shape), B @ u_steps[t].unsqueeze(-1)], -1)  # [Q | b_t]
+                M = _predict_blocks(M, A, Ar, Qb)
             pred, X = M, C @ M  # X = [C P | C m]: the predicted a_t is its last column
             if sample:
                 L = torch.linalg.cholesky(pred[..., :dz])

@@ -89,17 +89,6 @@ def _baddmm(C, X, Y, alpha=1.0):
     return torch.add(C, X @ Y, alpha=alpha)
 
 
-def _joint_predict(M, A, Q, b=None):
-    """
-    The prediction step on ``M = [P | m] (..., dim_z, dim_z + 1)``, a covariance and its mean
-    side by side: ``[A P A^T + Q | A m + b]`` in 3 operations (one product serves both).
-    """
-    dz = M.size(-2)
-    AM = A @ M
-    m = AM[..., dz:] if b is None else AM[..., dz:] + b.unsqueeze(-1)
-    return torch.cat([_sym(_baddmm(Q, AM[..., :dz], A.mT)), m], -1)
-
-
 def _transition_blocks(A, Q, b=None):
     """``A_r = [[A^T, 0], [0, 1]] (..., T, dim_z + 1, dim_z + 1)`` and ``Q_b = [Q | b] (..., T or 1, dim_z, dim_z + 1)``
     for all steps at once, so that a prediction step is ``(A M) A_r + Q_b`` (:func:`_predict_blocks`)."""
@@ -114,7 +103,11 @@ def _transition_blocks(A, Q, b=None):
 
 
 def _predict_blocks(M, A, Ar, Qb):
-    """:func:`_joint_predict` in 2 operations, with the blocks of :func:`_transition_blocks`."""
+    """
+    The prediction step on ``M = [P | m] (..., dim_z, dim_z + 1)``, a covariance and its mean side
+    by side: ``(A M) A_r + Q_b = [A P A^T + Q | A m + b]`` in 2 operations (one product serves
+    both), with the blocks of :func:`_transition_blocks`.
+    """
     M = _baddmm(Qb, A @ M, Ar)
     if M.dtype != torch.float64:  # keep the covariance symmetric under rounding
         dz = M.size(-2)
@@ -246,22 +239,54 @@ def _shared(a, A, C, Q, R, b, mask, mu0, Sigma0):
 
 
 def _filter_shared(a, A, C, Q, R, mu0, Sigma0, b=None, mask=None):
-    """:func:`filter_steps` with covariances at their own (smaller) batch shape."""
+    """
+    :func:`filter_steps` with the covariances at their own (smaller) batch shape: they, the gains
+    and the Cholesky factors are computed once for all sequences, and the means follow as one
+    affine map per step, ``p_{t+1} = F_t p_t + g_t`` with ``F_t = A_{t+1} (I - K_t C_t)`` and
+    ``g_t = A_{t+1} K_t a_t + b_{t+1}`` formed for all steps at once.
+    """
     T = a.size(-2)
-    As, Cs, bs, as_ = time_slices(A, T, 2), time_slices(C, T, 2), time_slices(b, T, 1), time_slices(a, T, 1)
-    mean, cov = mu0, Sigma0
-    pm, pc, fm, fc, ws, Ls = [], [], [], [], [], []
+    As, Cs = time_slices(A, T, 2), time_slices(C, T, 2)
+    cov, pcs, fcs, Vs, Ls = Sigma0, [], [], [], []
     for t in range(T):
         if t:
-            mean, cov = kalman_predict(mean, cov, As[t], Q, bs[t])
-        pm.append(mean)
-        pc.append(cov)
-        mean, cov, w, L = _update(mean, cov, as_[t], Cs[t], R)
-        for out, x in ((fm, mean), (fc, cov), (ws, w), (Ls, L)):
+            cov = _sym(_baddmm(Q, As[t] @ cov, As[t].mT))
+        pcs.append(cov)
+        CP = Cs[t] @ cov
+        L = torch.linalg.cholesky_ex(_baddmm(R, CP, Cs[t].mT)).L
+        V = torch.linalg.solve_triangular(L, CP, upper=False)
+        cov = _sym(_baddmm(cov, V.mT, V, alpha=-1.0))
+        for out, x in ((fcs, cov), (Vs, V), (Ls, L)):
             out.append(x)
-    step = _gaussian_log_prob(torch.stack(_same_shape(ws), -2), torch.stack(_same_shape(Ls), -3), mask)
-    pm, pc, fm, fc = (torch.stack(_same_shape(x), -1 - k) for x, k in ((pm, 1), (pc, 2), (fm, 1), (fc, 2)))
-    return KalmanFilterResult(pm, pc, fm, fc, step.sum(-1), step)
+    pc, fc, V, L = (torch.stack(_same_shape(x), -3) for x in (pcs, fcs, Vs, Ls))
+    K = torch.linalg.solve_triangular(L.mT, V, upper=True).mT  # gains (..., T, dim_z, dim_a)
+    I_KC = torch.eye(K.size(-2), dtype=K.dtype, device=K.device) - K @ C
+    Ka = _mv(K, a)
+    A_next = A[..., 1:, :, :] if A.size(-3) > 1 else A
+    F = A_next @ I_KC[..., :-1, :, :]
+    g = _mv(A_next, Ka[..., :-1, :])
+    if b is not None:
+        g = g + b[..., 1:, :]
+    Fs, gs, mean = time_slices(F, T - 1, 2), g.unbind(-2), mu0
+    pms = [mean]
+    for t in range(T - 1):
+        mean = _affine(gs[t], Fs[t], mean)
+        pms.append(mean)
+    pm = torch.stack(_same_shape(pms), -2)
+    w = torch.linalg.solve_triangular(L, (a - _mv(C, pm)).unsqueeze(-1), upper=False).squeeze(-1)
+    step = _gaussian_log_prob(w, L, mask)
+    return KalmanFilterResult(pm, pc, _mv(I_KC, pm) + Ka, fc, step.sum(-1), step)
+
+
+def _affine(g, F, m):
+    """``g + F m`` for vectors ``m (..., n)`` and ``F (..., n, n)``, in one operation where the shapes allow."""
+    if g.shape != m.shape:
+        return g + _mv(F, m)
+    if F.dim() == 2 and m.dim() == 2:
+        return torch.addmm(g, m, F.mT)
+    if F.dim() == 3 and m.dim() == 2 and F.size(0) == m.size(0):
+        return torch.baddbmm(g.unsqueeze(-1), F, m.unsqueeze(-1)).squeeze(-1)
+    return g + _mv(F, m)
 
 
 def _same_shape(xs):
@@ -351,15 +376,14 @@ def rts_smoother(filtered: KalmanFilterResult, A):
     if T == 1:
         return filtered.filt_mean, filtered.filt_cov
     J, c, D = _backward_terms(filtered, A)
-    Js, cs, Ds = J.unbind(-3), c.unsqueeze(-1).unbind(-3), D.unbind(-3)
-    mean = mean.unsqueeze(-1)  # a column, so that each step is one product-and-add
+    Js, cs, Ds = J.unbind(-3), c.unbind(-2), D.unbind(-3)
     means, covs = [mean], [cov]
     for t in range(T - 2, -1, -1):
-        mean = _baddmm(cs[t], Js[t], mean)
+        mean = _affine(cs[t], Js[t], mean)
         cov = _sym(_baddmm(Ds[t], Js[t] @ cov, Js[t].mT))
         means.append(mean)
         covs.append(cov)
-    return torch.stack(_same_shape(means[::-1]), -3).squeeze(-1), torch.stack(_same_shape(covs[::-1]), -3)
+    return torch.stack(_same_shape(means[::-1]), -2), torch.stack(_same_shape(covs[::-1]), -3)
 
 
 def backward_sample(filtered: KalmanFilterResult, A, noise):
@@ -383,11 +407,11 @@ def backward_sample(filtered: KalmanFilterResult, A, noise):
         return z.unsqueeze(-2)
     J, c, D = _backward_terms(filtered, A)
     offsets = c + _mv(torch.linalg.cholesky(D), noise[..., :-1, :])  # (..., T-1, dim_z)
-    Js, offs = J.unbind(-3), offsets.unsqueeze(-1).unbind(-3)
-    zs = [z.unsqueeze(-1)]
+    Js, offs = J.unbind(-3), offsets.unbind(-2)
+    zs = [z]
     for t in range(T - 2, -1, -1):
-        zs.append(_baddmm(offs[t], Js[t], zs[-1]))
-    return torch.stack(_same_shape(zs[::-1]), -3).squeeze(-1)
+        zs.append(_affine(offs[t], Js[t], zs[-1]))
+    return torch.stack(_same_shape(zs[::-1]), -2)
 
 
 def kalman_smoother(a, A, C, Q, R, mu0, Sigma0, b=None, mask=None):
