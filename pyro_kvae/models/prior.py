@@ -252,7 +252,7 @@ class KalmanPrior(PyroModule):
         for t in range(T):
             alpha, state = self.dynamics.step(a_prev, state)
             alpha64 = alpha.to(f64)
-            Ar = torch.addmm(corner, alpha64, modes_Ar).unflatten(-1, (dz + 1, dz + 1))
+            Ar = torch.addmm(corner, alpha64.reshape(-1, self.K), modes_Ar).reshape(batch_shape + (dz + 1, dz + 1))
             Ct = (alpha64 @ modes_C).unflatten(-1, (self.dim_a, dz + 1))  # [C_t | 0]
             A, C = Ar[..., :dz, :dz].mT, Ct[..., :dz]
             if t > 0:
