@@ -20,14 +20,18 @@ step, since with ``dim_z`` and ``dim_a`` of a few units every operation is a tin
 kernel and their number, not their arithmetic, sets the time (on a GPU each is a
 launch):
 
-* the update is ``P' = P - V^T V`` with ``V = L^{-1} C P`` and ``S = L L^T``, the gain
-  never formed; a missing step is an emission matrix of zeros (set for all steps
-  at once), so masking costs nothing inside the loop;
+* covariance and mean are carried side by side as ``M = [P | m]``, so that one
+  product serves both: a prediction is ``(A M) A_r + [Q | b]`` (2 operations, with
+  ``A_r = [[A^T, 0], [0, 1]]`` built for all steps at once) and an update
+  ``M - V^T [V | -w]`` with ``[V | -w] = L^{-1} ([C P | C m] - [0 | a])`` and
+  ``S = L L^T`` (5 operations, the gain never formed);
+* a missing step is an emission matrix of zeros (set for all steps at once), so
+  masking costs nothing inside the loop;
 * time slices come from one ``unbind`` (whose gradient is one ``stack``), and a
   time dim of 1 (time-invariant parameters) is never expanded ``T``-fold;
-* covariances, gains and Cholesky factors have the batch shape of the parameters
-  and the mask only (a single matrix per step for a model shared by all sequences),
-  means that of the data;
+* when the parameters are shared by sequences (e.g. one time-invariant model), the
+  covariances, gains and Cholesky factors are computed once for all, and the means
+  follow by one affine map per step;
 * log-likelihood terms, smoother gains and backward-sampling noise are computed for
   all steps at once, outside the loop.
 
