@@ -179,6 +179,11 @@ class LinearGaussianSSM(TorchDistribution):
             if not (info != 0).any():
                 shape = value.shape[:-2] + mean.shape[-2:]
                 mean, scale_tril = mean.expand(shape), L.expand(shape + mean.shape[-1:])
+                # a Cholesky factor that succeeded: no need to validate it again, at the full batch shape
+                mvn = MultivariateNormal(
+                    mean.to(value.dtype), scale_tril=scale_tril.to(value.dtype), validate_args=False
+                )
+                return mvn
         if scale_tril is None:
             filtered, A, Q = self._sqrt_filter(value)
             if smooth:

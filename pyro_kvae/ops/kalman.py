@@ -86,10 +86,12 @@ def kalman_predict(mean, cov, A, Q, b=None):
 
 
 def _baddmm(C, X, Y, alpha=1.0):
-    """``C + alpha X @ Y``, in one operation (``torch.baddbmm``, ``C`` broadcast) where ``X`` and ``Y``
-    are batches of matrices of one batch size."""
+    """``C + alpha X @ Y``, in one operation (``torch.baddbmm`` / ``torch.addmm``, ``C`` broadcast) where
+    ``X`` and ``Y`` are matrices or batches of matrices of one batch size."""
     if X.dim() == 3 and Y.dim() == 3 and X.size(0) == Y.size(0):
         return torch.baddbmm(C, X, Y, alpha=alpha)
+    if X.dim() == 2 and Y.dim() == 2 and C.dim() <= 2:
+        return torch.addmm(C, X, Y, alpha=alpha)
     return torch.add(C, X @ Y, alpha=alpha)
 
 
