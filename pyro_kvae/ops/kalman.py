@@ -95,6 +95,14 @@ def _baddmm(C, X, Y, alpha=1.0):
     return torch.add(C, X @ Y, alpha=alpha)
 
 
+def _sym_joint(M):
+    """:func:`_sym` on the covariance block of ``M = [P | m] (..., dim_z, dim_z + 1)``."""
+    if M.dtype == torch.float64:
+        return M
+    dz = M.size(-2)
+    return torch.cat([_sym(M[..., :dz]), M[..., dz:]], -1)
+
+
 def _transition_blocks(A, Q, b=None):
     """``A_r = [[A^T, 0], [0, 1]] (..., T, dim_z + 1, dim_z + 1)`` and ``Q_b = [Q | b] (..., T or 1, dim_z, dim_z + 1)``
     for all steps at once, so that a prediction step is ``(A M) A_r + Q_b`` (:func:`_predict_blocks`)."""
@@ -115,10 +123,7 @@ def _predict_blocks(M, A, Ar, Qb):
     both), with the blocks of :func:`_transition_blocks`.
     """
     M = _baddmm(Qb, A @ M, Ar)
-    if M.dtype != torch.float64:  # keep the covariance symmetric under rounding
-        dz = M.size(-2)
-        M = torch.cat([_sym(M[..., :dz]), M[..., dz:]], -1)
-    return M
+    return _sym_joint(M)
 
 
 def _joint_update(M, X, a_col, Ct, R):
@@ -132,10 +137,7 @@ def _joint_update(M, X, a_col, Ct, R):
     dz = M.size(-2)
     L = torch.linalg.cholesky_ex(_baddmm(R, X, Ct.mT)).L
     Z = torch.linalg.solve_triangular(L, X - a_col, upper=False)
-    M = _baddmm(M, Z[..., :dz].mT, Z, alpha=-1.0)
-    if M.dtype != torch.float64:  # keep the covariance symmetric under rounding
-        M = torch.cat([_sym(M[..., :dz]), M[..., dz:]], -1)
-    return M, Z, L
+    return _sym_joint(_baddmm(M, Z[..., :dz].mT, Z, alpha=-1.0)), Z, L
 
 
 def _joint(mean, cov):
