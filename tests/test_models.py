@@ -123,7 +123,9 @@ def test_encoder_smoother_posterior_density_is_exact_conditional():
     mask = torch.tensor([[1, 0, 0, 1, 0], [1, 1, 0, 1, 1]], dtype=torch.bool)
     q = EncoderSmootherPosterior(loc, scale, mask, prior)
     a = q.rsample()
-    assert torch.isfinite(a).all() and torch.equal(q.log_prob(a), q.log_prob(a.clone()))
+    assert torch.isfinite(a).all()
+    # the value rsample drew reuses its filter's covariance pass; any other value is filtered afresh
+    assert (q.log_prob(a) - q.log_prob(a.clone())).abs().max() < 1e-10
     # dense reference: encoder density on observed steps + Gaussian conditional of a_un given a_obs
     A, _, C = prior.mix(torch.ones(T, 1, dtype=torch.float64))
     b = torch.zeros(T, 4, dtype=torch.float64)
@@ -135,6 +137,44 @@ def test_encoder_smoother_posterior_density_is_exact_conditional():
         cond = dist.MultivariateNormal(ma[~o] + K @ (flat[o] - ma[o]), Saa[~o][:, ~o] - K @ Saa[o][:, ~o])
         enc = dist.Normal(loc[i][mask[i]], scale[i][mask[i]]).log_prob(a[i][mask[i]]).sum()
         assert abs(q.log_prob(a)[i] - (enc + cond.log_prob(flat[~o]))) < 1e-8
+
+
+@pytest.mark.parametrize("dim_u", [0, 2])
+@pytest.mark.parametrize("batch_shape", [(3,), (2, 3)])
+def test_observed_covariances_give_the_plain_filter_and_its_gradients(dim_u, batch_shape):
+    """The second stream of KalmanPrior.filter (every step observed, the recursive alpha held fixed)
+    and observed_log_prob against LinearGaussianSSM.log_prob of the same alpha: values and gradients
+    with respect to a and every parameter; the first stream is unchanged by the second."""
+    kvae = tiny_kvae("lstm", dim_u=dim_u, learn_noise=True)
+    prior = kvae.prior
+    T = 7
+    g = torch.Generator().manual_seed(1)
+    a = torch.randn(batch_shape + (T, 2), generator=g, dtype=torch.float64, requires_grad=True)
+    u = torch.randn(batch_shape + (T, dim_u), generator=g, dtype=torch.float64) if dim_u else None
+    mask = torch.rand(batch_shape + (T,), generator=g) > 0.4
+    mask[..., 0] = True
+    alone = prior.filter(a, mask, u)
+    r = prior.filter(a, mask, u, observed_covariances=True)
+    assert alone.observed is None
+    pairs = [(alone.alpha, r.alpha)] + [(x, y) for x, y in zip(alone.filtered, r.filtered)]
+    for x, y in pairs:
+        assert (x - y).abs().max() < 1e-12 * (1 + y.abs().max())
+    completed = torch.where(mask.unsqueeze(-1), a, 2.0 * a)  # any completion of the missing steps
+    params = [a] + list(prior.parameters())
+
+    def grads(log_prob):
+        return torch.autograd.grad(log_prob.sum(), params, allow_unused=True, retain_graph=True)
+
+    ours = prior.observed_log_prob(r, completed, u)
+    reference = prior.lgssm(r.alpha, u).log_prob(completed)
+    assert ours.shape == batch_shape and (ours - reference).abs().max() < 1e-9
+    for x, y in zip(grads(ours), grads(reference)):
+        if y is None:
+            assert x is None or x.abs().max() == 0
+        else:
+            assert (x - y).abs().max() < 1e-8 * (1 + y.abs().max())
+    with pytest.raises(ValueError, match="observed_covariances=True"):
+        prior.observed_log_prob(alone, completed, u)
 
 
 def test_encoder_smoother_posterior_samples_missing_steps_from_conditional():

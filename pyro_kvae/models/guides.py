@@ -36,9 +36,11 @@ class EncoderSmootherPosterior(TorchDistribution):
     exact: ``log p_gamma_hat(a_un | a_obs) = log p_gamma_hat(a) - log p_gamma_hat(a_obs)``.
 
     One recursive filter pass (:meth:`KalmanPrior.filter`) gives ``gamma_hat``,
-    ``log p_gamma_hat(a_obs)`` and the filtered moments from which :meth:`rsample`
-    draws ``z ~ p_gamma_hat(z | a_obs)`` by backward sampling; it is kept for the
-    :meth:`log_prob` of the value just sampled, which then needs only ``log p_gamma_hat(a)``.
+    ``log p_gamma_hat(a_obs)``, the filtered moments from which :meth:`rsample`
+    draws ``z ~ p_gamma_hat(z | a_obs)`` by backward sampling, and in the same
+    operations the covariances of the filter that observes every step; it is kept for
+    the :meth:`log_prob` of the value just sampled, whose ``log p_gamma_hat(a)`` then
+    needs only the means (:meth:`KalmanPrior.observed_log_prob`).
 
     Several samples (``rsample(sample_shape)``, or vectorised particles, which
     :meth:`expand` the batch shape) are independent draws of the whole chain: each
@@ -78,7 +80,7 @@ class EncoderSmootherPosterior(TorchDistribution):
         if sample_shape != torch.Size():
             return self.expand(torch.Size(sample_shape) + self.batch_shape).rsample()
         encoded = dist.Normal(self.loc, self.scale).rsample()
-        r = self.prior.filter(encoded, self.mask, self.u)
+        r = self.prior.filter(encoded, self.mask, self.u, observed_covariances=True)
         A, _, C = self.prior.mix(r.alpha)
         z = backward_sample(r.filtered, A, torch.randn_like(r.filtered.filt_mean))  # (batch, T, dim_z), float64
         noise = torch.randn_like(encoded).unsqueeze(-1)
@@ -99,7 +101,10 @@ class EncoderSmootherPosterior(TorchDistribution):
         if value.shape[:-2] != self.batch_shape:  # e.g. particles
             return self.expand(value.shape[:-2]).missing_log_prob(value)
         r = self._filter(value)
-        full = self.prior.lgssm(r.alpha, self.u).log_prob(value.to(torch.float64))  # float64 in, float64 out
+        if r.observed is not None:  # the value rsample drew: its covariance pass is done
+            full = self.prior.observed_log_prob(r, value, self.u)
+        else:
+            full = self.prior.lgssm(r.alpha, self.u).log_prob(value.to(torch.float64))  # float64 in, float64 out
         return (full - r.filtered.log_prob).to(value.dtype)
 
 

@@ -12,7 +12,7 @@ Because ``gamma_t`` depends only on ``a_{<t}``, ``log p(a)`` is exact: compute
 core (:class:`~pyro_kvae.distributions.LinearGaussianSSM`).
 """
 
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import torch
 from pyro.distributions import TorchDistribution, constraints
@@ -21,7 +21,7 @@ from torch import nn
 
 from ..distributions import LinearGaussianSSM
 from ..nn.dynamics import DynamicsNetwork
-from ..ops.kalman import KalmanFilterResult, _a_column, _gaussian_log_prob, _joint, _joint_update, _predict_blocks
+from ..ops.kalman import CovariancePass, KalmanFilterResult, _a_column, _gaussian_log_prob, _joint, filter_means
 from ..ops.precision import full_precision
 
 
@@ -31,12 +31,15 @@ class RecursiveFilterResult(NamedTuple):
     recursively, ``a (batch, T, dim_a)`` with observed steps kept and missing
     steps replaced by their estimates ``a_hat_t`` (eq. 12), and the Kalman
     filter's moments for that ``alpha`` (:class:`~pyro_kvae.ops.kalman.KalmanFilterResult`,
-    in float64, the dtype the filter computes in), whose ``log_prob`` is ``log p_alpha(a_obs)``.
+    in float64, the dtype the filter computes in), whose ``log_prob`` is ``log p_alpha(a_obs)``;
+    ``observed`` is the covariance pass of the filter with every step observed and the same
+    ``alpha`` (:class:`~pyro_kvae.ops.kalman.CovariancePass`), or None unless asked for.
     """
 
     alpha: torch.Tensor
     a: torch.Tensor
     filtered: KalmanFilterResult
+    observed: Optional[CovariancePass] = None
 
 
 class KalmanPrior(PyroModule):
@@ -127,9 +130,9 @@ class KalmanPrior(PyroModule):
         """
         if alpha.size(-1) != self.K:
             raise ValueError(f"alpha must have shape (..., {self.K}), got {tuple(alpha.shape)}")
-        A = torch.einsum("...k,kij->...ij", alpha, self.A)
-        B = None if self.B is None else torch.einsum("...k,kij->...ij", alpha, self.B)
-        C = torch.einsum("...k,kij->...ij", alpha, self.C)
+        A = torch.einsum("...k,kij->...ij", alpha, self.A.to(alpha.dtype))
+        B = None if self.B is None else torch.einsum("...k,kij->...ij", alpha, self.B.to(alpha.dtype))
+        C = torch.einsum("...k,kij->...ij", alpha, self.C.to(alpha.dtype))
         return A, B, C
 
     def _check_u(self, u, batch_T):
@@ -202,7 +205,7 @@ class KalmanPrior(PyroModule):
         return torch.stack(zs, -2), torch.stack(as_, -2), torch.stack(alphas, -2)
 
     @full_precision
-    def filter(self, a, mask=None, u=None, sample: bool = False) -> RecursiveFilterResult:
+    def filter(self, a, mask=None, u=None, sample: bool = False, observed_covariances: bool = False):
         """
         Kalman filtering with the dynamics network in the loop (paper section 4).
 
@@ -214,6 +217,11 @@ class KalmanPrior(PyroModule):
         :param torch.Tensor a: ``(batch, T, dim_a)``; missing steps may hold anything, NaN included.
         :param torch.Tensor mask: bool ``(batch, T)``, True where ``a_t`` is observed (default: all).
         :param torch.Tensor u: ``(batch, T, dim_u)`` controls.
+        :param bool observed_covariances: also run, in the same operations, the covariance pass of
+            the filter with every step observed and the same ``alpha``
+            (:class:`~pyro_kvae.ops.kalman.CovariancePass`), with which :meth:`observed_log_prob`
+            gives ``log p_alpha(a)`` of a completed sequence by one affine map per step.
+        :rtype: RecursiveFilterResult
         """
         if a.dim() < 2 or a.size(-1) != self.dim_a:
             raise ValueError(f"a must have shape (batch, T, {self.dim_a}), got {tuple(a.shape)}")
@@ -225,58 +233,103 @@ class KalmanPrior(PyroModule):
                 f"mask must be a bool tensor of shape {tuple(batch_shape + (T,))}, got {mask.dtype} {tuple(mask.shape)}"
             )
         u = self._check_u(u, batch_shape + (T,))
-        a = torch.where(mask.unsqueeze(-1), a, a.new_zeros(()))
-        # the Kalman part in float64 (the dynamics network in the model's dtype); few operations
-        # per step: the modes mixed by one matrix product each, and a missing step observed
-        # through a zero emission matrix (see pyro_kvae.ops.kalman)
-        f64 = torch.float64
-        dz, pad = self.dim_z, torch.nn.functional.pad
-        # the modes as the blocks of the joint [P | m] steps (pyro_kvae.ops.kalman._transition_blocks):
-        # A_r = [[A^T, 0], [0, 1]] (its corner added once per step) and [C | 0]
-        modes_Ar = pad(self.A.to(f64).mT, (0, 1, 0, 1)).flatten(1)  # (K, (dim_z + 1)^2)
-        corner = torch.zeros((dz + 1) ** 2, dtype=f64, device=a.device)
-        corner[-1] = 1.0
-        modes_C = pad(self.C.to(f64), (0, 1)).flatten(1)  # (K, dim_a (dim_z + 1))
-        modes_B = None if u is None else self.B.to(f64).flatten(1)
+        # The Kalman part runs in float64 (the dynamics network in the model's dtype), in few operations per
+        # step (see pyro_kvae.ops.kalman). A state is carried as the square M = [[P, m], [., .]], so that a
+        # prediction is A_r^T M A_r + [[Q, b], [0, 0]] with A_r = [[A^T, 0], [0, 1]] (2 products serve
+        # covariance and mean) and an update is M - Z^T Z with Z = [V | -w] = L^{-1} ([C P | C m] - [0 | a])
+        # (no slicing in the loop); the last row of M never reaches its first rows and is not used. A missing
+        # step is observed through a zero emission matrix, and every matrix of a step comes from alpha_t by one
+        # product with the modes. With observed_covariances, a second stream (the filter that observes every
+        # step) is stacked under the first and takes part in the same operations through block-diagonal
+        # matrices; its mean observes zeros and is not used.
+        N, n, dz, da = batch_shape.numel(), 1 + observed_covariances, self.dim_z, self.dim_a
+        d, f64, dev = dz + 1, torch.float64, a.device
+        a = torch.where(mask.unsqueeze(-1), a, a.new_zeros(())).reshape(N, T, da)
+        mask = mask.reshape(N, T)
+        u = None if u is None else u.reshape(N, T, self.dim_u).to(f64)
+        pad, eye = torch.nn.functional.pad, torch.eye(n, dtype=f64, device=dev)
+
+        def blocks(m):  # (K, r, c) -> n copies on the diagonal (K, n r, n c)
+            return torch.einsum("ij,kab->kiajb", eye, m).reshape(m.size(0), n * m.size(-2), n * m.size(-1))
+
+        corner = torch.zeros(1, d, d, dtype=f64, device=dev)
+        corner[..., dz, dz] = 1.0
+        Ar = pad(self.A.to(f64).mT, (0, 1, 0, 1))  # the modes of A_r without their corner
+        Ct = pad(self.C.to(f64), (0, 1))  # the modes of [C | 0]
+        modes = [blocks(Ar.mT), Ar, blocks(Ct), Ct]  # A_r^T and [C | 0] per stream, A_r, [C | 0]
+        constant = [blocks(corner), corner, torch.zeros(1, (n * n + 1) * da * d, dtype=f64, device=dev)]
+        if u is not None:
+            modes.append(self.B.to(f64))
+            constant.append(torch.zeros(1, dz, self.dim_u, dtype=f64, device=dev))
+        sizes = [m[0].numel() for m in modes]
+        modes, constant = (torch.cat([m.flatten(1) for m in ms], 1) for ms in (modes, constant))
         Q, R = self.Q.to(f64), self.R.to(f64)
-        Qb = pad(Q, (0, 1))  # [Q | 0]
-        observed = mask.to(f64)[..., None, None].unbind(-3)  # T x (batch, 1, 1)
-        a_steps, mask_steps = a.unbind(-2), mask.unbind(-1)
-        a_cols = _a_column(a.to(f64), dz).unbind(-3)  # T x [0 | a_t] (batch, dim_a, dim_z + 1)
-        u_steps = None if u is None else u.to(f64).unbind(-2)
-        M = _joint(self.mu0.to(f64).expand(batch_shape + (dz,)), self.Sigma0.to(f64))  # [P | m]
+        Qb, Rn = pad(Q, (0, 1, 0, 1)).repeat(n, 1), R.repeat(n, 1)  # [[Q, 0], [0, 0]] and R per stream
+        observed = mask.to(f64)[..., None, None].expand(N, T, da, 1)
+        if n == 2:
+            observed = torch.cat([observed, observed.new_ones(()).expand(N, T, da, 1)], -2)
+        a_cols = pad(_a_column(a.to(f64), dz), (0, 0, 0, (n - 1) * da))  # [0 | a_t] over zeros
+        observed, a_cols, a_steps, mask_steps = observed.unbind(1), a_cols.unbind(1), a.unbind(1), mask.unbind(1)
+        M = pad(_joint(self.mu0.to(f64), self.Sigma0.to(f64)), (0, 0, 0, 1)).repeat(n, 1).expand(N, n * d, d)
         L_R = torch.linalg.cholesky(R)
-        a_prev = self.dynamics.a0.expand(batch_shape + (self.dim_a,))
-        state = self.dynamics.init_state(batch_shape)
+        a_prev = self.dynamics.a0.expand(N, da)
+        state = self.dynamics.init_state((N,))
         out = {k: [] for k in ("alpha", "a", "pred", "filt", "Z", "L")}
         for t in range(T):
             alpha, state = self.dynamics.step(a_prev, state)
-            alpha64 = alpha.to(f64)
-            Ar = torch.addmm(corner, alpha64.reshape(-1, self.K), modes_Ar).reshape(batch_shape + (dz + 1, dz + 1))
-            Ct = (alpha64 @ modes_C).unflatten(-1, (self.dim_a, dz + 1))  # [C_t | 0]
-            A, C = Ar[..., :dz, :dz].mT, Ct[..., :dz]
+            W = torch.addmm(constant, alpha.to(f64), modes).split(sizes, -1)
+            ArT, Ar, Cn, Ct = (
+                w.unflatten(-1, s) for w, s in zip(W, ((n * d, n * d), (d, d), (n * da, n * d), (da, d)))
+            )
             if t > 0:
                 if u is not None:
-                    B = (alpha64 @ modes_B).unflatten(-1, (dz, self.dim_u))
-                    Qb = torch.cat([Q.expand(batch_shape + Q.shape), B @ u_steps[t].unsqueeze(-1)], -1)  # [Q | b_t]
-                M = _predict_blocks(M, A, Ar, Qb)
-            pred, X = M, C @ M  # X = [C P | C m]: the predicted a_t is its last column
+                    b = W[4].unflatten(-1, (dz, self.dim_u)) @ u[:, t].unsqueeze(-1)  # B_t u_t (N, dim_z, 1)
+                    Qb = pad(torch.cat([Q.expand(N, dz, dz), b], -1), (0, 0, 0, 1))  # [[Q, b_t], [0, 0]]
+                    Qb = Qb.repeat(1, n, 1)
+                M = torch.baddbmm(Qb, ArT @ M, Ar)  # [[A P A^T + Q, A m + b], [., s]]
+            pred, X = M, Cn @ M  # X = [C P | C m]: the predicted a_t is the last column of its first rows
             if sample:
-                L = torch.linalg.cholesky(pred[..., :dz])
-                z_hat = pred[..., dz] + (L @ torch.randn_like(pred[..., dz]).unsqueeze(-1)).squeeze(-1)
-                v = L_R @ torch.randn(batch_shape + (self.dim_a, 1), dtype=f64, device=M.device)
-                a_hat = (C @ z_hat.unsqueeze(-1) + v).squeeze(-1)
+                L = torch.linalg.cholesky(pred[:, :dz, :dz])
+                z_hat = pred[:, :dz, dz] + (L @ torch.randn_like(pred[:, :dz, dz]).unsqueeze(-1)).squeeze(-1)
+                v = L_R @ torch.randn(N, da, 1, dtype=f64, device=dev)
+                a_hat = (Ct[..., :dz] @ z_hat.unsqueeze(-1) + v).squeeze(-1)
             else:
-                a_hat = X[..., dz]
+                a_hat = X[:, :da, dz]
             a_prev = torch.where(mask_steps[t].unsqueeze(-1), a_steps[t], a_hat.to(a.dtype))
-            M, Z, L = _joint_update(pred, X * observed[t], a_cols[t], Ct, R)  # a missing step observes nothing
+            X = X * observed[t]  # a missing step observes nothing (in the first stream)
+            L = torch.linalg.cholesky_ex(torch.baddbmm(Rn, X, Ct.mT).view(N, n, da, da)).L  # S = C P C^T + R
+            Z = torch.linalg.solve_triangular(L, (X - a_cols[t]).view(N, n, da, d), upper=False)  # [V | -w]
+            Zs = Z.view(N * n, da, d)
+            M = torch.baddbmm(M.reshape(N * n, d, d), Zs.mT, Zs, alpha=-1.0).view(N, n * d, d)
             for k, v in zip(out, (alpha, a_prev, pred, M, Z, L)):
                 out[k].append(v)
-        st = {k: torch.stack(v, -2 if k in ("alpha", "a") else -3) for k, v in out.items()}
-        lp = _gaussian_log_prob(st["Z"][..., dz], st["L"], mask)  # Z[..., dz] = -w
-        pred, filt = st["pred"], st["filt"]
-        filtered = KalmanFilterResult(pred[..., dz], pred[..., :dz], filt[..., dz], filt[..., :dz], lp.sum(-1), lp)
-        return RecursiveFilterResult(st["alpha"], st["a"], filtered)
+        alpha, a = (torch.stack(out[k], 1).reshape(batch_shape + (T, -1)) for k in ("alpha", "a"))
+        pred, filt, Z, L = (
+            torch.stack(out[k], 1).reshape(batch_shape + (T, n) + shape)
+            for k, shape in (("pred", (d, d)), ("filt", (d, d)), ("Z", (da, d)), ("L", (da, da)))
+        )
+        lp = _gaussian_log_prob(Z[..., 0, :, dz], L[..., 0, :, :], mask.reshape(batch_shape + (T,)))  # Z = [V | -w]
+        p, f = pred[..., 0, :dz, :], filt[..., 0, :dz, :]
+        filtered = KalmanFilterResult(p[..., dz], p[..., :dz], f[..., dz], f[..., :dz], lp.sum(-1), lp)
+        cov = None
+        if n == 2:
+            cov = CovariancePass(pred[..., 1, :dz, :dz], filt[..., 1, :dz, :dz], Z[..., 1, :, :dz], L[..., 1, :, :])
+        return RecursiveFilterResult(alpha, a, filtered, cov)
+
+    @full_precision
+    def observed_log_prob(self, r, a, u=None):
+        """
+        ``log p_alpha(a)`` of a completed sequence ``a (batch, T, dim_a)`` (every step observed), with the
+        ``alpha`` of a recursive filter result ``r`` held fixed (:meth:`filter` with ``observed_covariances``):
+        the same number as ``self.lgssm(r.alpha, u).log_prob(a)``, in float64, by one affine map per step.
+        """
+        if r.observed is None:
+            raise ValueError("r must come from filter(..., observed_covariances=True)")
+        f64 = torch.float64
+        A, B, C = self.mix(r.alpha.to(f64))
+        u = self._check_u(u, a.shape[:-1])
+        b = None if u is None else (B @ u.to(f64).unsqueeze(-1)).squeeze(-1)
+        return filter_means(a.to(f64), A, C, self.mu0.to(f64), r.observed, b).log_prob
 
 
 class KalmanPriorDistribution(TorchDistribution):

@@ -219,7 +219,7 @@ def filter_steps(a, A, C, Q, R, mu0, Sigma0, b=None, mask=None):
         a = torch.where(mask.unsqueeze(-1), a, a.new_zeros(()))
         C = C * mask[..., None, None].to(C.dtype)
     if _shared(a, A, C, Q, R, b, mask, mu0, Sigma0):
-        return _filter_shared(a, A, C, Q, R, mu0, Sigma0, b, mask)
+        return filter_means(a, A, C, mu0, covariance_steps(A, C, Q, R, Sigma0, T), b, mask)
     Ar, Qb = _transition_blocks(A, Q, b)
     Ct = torch.nn.functional.pad(C, (0, 1))  # [C | 0]
     As, Ars, Qbs, Cs, Cts, a_cols = (time_slices(x, T, 2) for x in (A, Ar, Qb, C, Ct, _a_column(a, dz)))
@@ -246,14 +246,23 @@ def _shared(a, A, C, Q, R, b, mask, mu0, Sigma0):
     return cov_batch.numel() < mean_batch.numel()
 
 
-def _filter_shared(a, A, C, Q, R, mu0, Sigma0, b=None, mask=None):
+class CovariancePass(NamedTuple):
     """
-    :func:`filter_steps` with the covariances at their own (smaller) batch shape: they, the gains
-    and the Cholesky factors are computed once for all sequences, and the means follow as one
-    affine map per step, ``p_{t+1} = F_t p_t + g_t`` with ``F_t = A_{t+1} (I - K_t C_t)`` and
-    ``g_t = A_{t+1} K_t a_t + b_{t+1}`` formed for all steps at once.
+    The half of a Kalman filter that does not depend on the data ``a``: predicted and filtered
+    covariances ``(..., T, dim_z, dim_z)``, ``V_t = L_t^{-1} C_t P_t (..., T, dim_a, dim_z)`` and the
+    Cholesky factors ``L_t (..., T, dim_a, dim_a)`` of the innovation covariances ``S_t = L_t L_t^T``.
+    With it, :func:`filter_means` gives the filter of any ``a`` by one affine map per step.
     """
-    T = a.size(-2)
+
+    pred_cov: torch.Tensor
+    filt_cov: torch.Tensor
+    V: torch.Tensor
+    L: torch.Tensor
+
+
+def covariance_steps(A, C, Q, R, Sigma0, T: int) -> CovariancePass:
+    """The covariance recursion of :func:`filter_steps` alone, at the batch shape of the parameters
+    (arguments as there, checked and of one dtype)."""
     As, Cs = time_slices(A, T, 2), time_slices(C, T, 2)
     cov, pcs, fcs, Vs, Ls = Sigma0, [], [], [], []
     for t in range(T):
@@ -266,8 +275,19 @@ def _filter_shared(a, A, C, Q, R, mu0, Sigma0, b=None, mask=None):
         cov = _sym(_baddmm(cov, V.mT, V, alpha=-1.0))
         for out, x in ((fcs, cov), (Vs, V), (Ls, L)):
             out.append(x)
-    pc, fc, V, L = (torch.stack(_same_shape(x), -3) for x in (pcs, fcs, Vs, Ls))
-    K = torch.linalg.solve_triangular(L.mT, V, upper=True).mT  # gains (..., T, dim_z, dim_a)
+    return CovariancePass(*(torch.stack(_same_shape(x), -3) for x in (pcs, fcs, Vs, Ls)))
+
+
+def filter_means(a, A, C, mu0, cov: CovariancePass, b=None, mask=None) -> KalmanFilterResult:
+    """
+    The filter of ``a (..., T, dim_a)`` given its covariance pass ``cov`` (:func:`covariance_steps`,
+    for the same ``A``, ``C`` and noise; ``C`` zero where ``mask`` is False): the means follow as one
+    affine map per step, ``p_{t+1} = F_t p_t + g_t`` with ``F_t = A_{t+1} (I - K_t C_t)`` and
+    ``g_t = A_{t+1} K_t a_t + b_{t+1}`` formed for all steps at once, and the log-likelihood
+    terms from the whitened residuals ``L_t^{-1} (a_t - C_t p_t)``.
+    """
+    T = a.size(-2)
+    K = torch.linalg.solve_triangular(cov.L.mT, cov.V, upper=True).mT  # gains (..., T, dim_z, dim_a)
     I_KC = torch.eye(K.size(-2), dtype=K.dtype, device=K.device) - K @ C
     Ka = _mv(K, a)
     A_next = A[..., 1:, :, :] if A.size(-3) > 1 else A
@@ -281,9 +301,9 @@ def _filter_shared(a, A, C, Q, R, mu0, Sigma0, b=None, mask=None):
         mean = _affine(gs[t], Fs[t], mean)
         pms.append(mean)
     pm = torch.stack(_same_shape(pms), -2)
-    w = torch.linalg.solve_triangular(L, (a - _mv(C, pm)).unsqueeze(-1), upper=False).squeeze(-1)
-    step = _gaussian_log_prob(w, L, mask)
-    return KalmanFilterResult(pm, pc, _mv(I_KC, pm) + Ka, fc, step.sum(-1), step)
+    w = torch.linalg.solve_triangular(cov.L, (a - _mv(C, pm)).unsqueeze(-1), upper=False).squeeze(-1)
+    step = _gaussian_log_prob(w, cov.L, mask)
+    return KalmanFilterResult(pm, cov.pred_cov, _mv(I_KC, pm) + Ka, cov.filt_cov, step.sum(-1), step)
 
 
 def _affine(g, F, m):
