@@ -21,7 +21,15 @@ from torch import nn
 
 from ..distributions import LinearGaussianSSM
 from ..nn.dynamics import DynamicsNetwork
-from ..ops.kalman import CovariancePass, KalmanFilterResult, _a_column, _gaussian_log_prob, _joint, filter_means
+from ..ops.kalman import (
+    CovariancePass,
+    KalmanFilterResult,
+    _a_column,
+    _gaussian_log_prob,
+    _state,
+    condition,
+    filter_means,
+)
 from ..ops.precision import full_precision
 
 
@@ -234,10 +242,10 @@ class KalmanPrior(PyroModule):
             )
         u = self._check_u(u, batch_shape + (T,))
         # The Kalman part runs in float64 (the dynamics network in the model's dtype), in few operations per
-        # step (see pyro_kvae.ops.kalman). A state is carried as the square M = [[P, m], [., .]], so that a
-        # prediction is A_r^T M A_r + [[Q, b], [0, 0]] with A_r = [[A^T, 0], [0, 1]] (2 products serve
-        # covariance and mean) and an update is M - Z^T Z with Z = [V | -w] = L^{-1} ([C P | C m] - [0 | a])
-        # (no slicing in the loop); the last row of M never reaches its first rows and is not used. A missing
+        # step (see pyro_kvae.ops.kalman). A state is carried as M = [[P, m], [m^T, s]], so that a prediction
+        # is A_r^T M A_r + [[Q, b], [., 0]] with A_r = [[A^T, 0], [0, 1]] (2 products serve covariance and
+        # mean) and an update is M - D^T S^{-1} D with D = [C P | C m - a] (ops.kalman.condition); the last row
+        # of M never reaches its first rows and is not used. A missing
         # step is observed through a zero emission matrix, and every matrix of a step comes from alpha_t by one
         # product with the modes. With observed_covariances, a second stream (the filter that observes every
         # step) is stacked under the first and takes part in the same operations through block-diagonal
@@ -269,12 +277,13 @@ class KalmanPrior(PyroModule):
         if n == 2:
             observed = torch.cat([observed, observed.new_ones(()).expand(N, T, da, 1)], -2)
         a_cols = pad(_a_column(a.to(f64), dz), (0, 0, 0, (n - 1) * da))  # [0 | a_t] over zeros
-        observed, a_cols, a_steps, mask_steps = observed.unbind(1), a_cols.unbind(1), a.unbind(1), mask.unbind(1)
-        M = pad(_joint(self.mu0.to(f64), self.Sigma0.to(f64)), (0, 0, 0, 1)).repeat(n, 1).expand(N, n * d, d)
+        missing = (~mask).to(a.dtype).unsqueeze(-1).unbind(1)
+        observed, a_cols, a_steps = observed.unbind(1), a_cols.unbind(1), a.unbind(1)
+        M = _state(self.mu0.to(f64), self.Sigma0.to(f64)).repeat(n, 1).expand(N, n * d, d)
         L_R = torch.linalg.cholesky(R)
         a_prev = self.dynamics.a0.expand(N, da)
         state = self.dynamics.init_state((N,))
-        out = {k: [] for k in ("alpha", "a", "pred", "filt", "Z", "L")}
+        out = {k: [] for k in ("alpha", "a", "pred", "filt", "S", "D")}
         for t in range(T):
             alpha, state = self.dynamics.step(a_prev, state)
             W = torch.addmm(constant, alpha.to(f64), modes).split(sizes, -1)
@@ -295,25 +304,29 @@ class KalmanPrior(PyroModule):
                 a_hat = (Ct[..., :dz] @ z_hat.unsqueeze(-1) + v).squeeze(-1)
             else:
                 a_hat = X[:, :da, dz]
-            a_prev = torch.where(mask_steps[t].unsqueeze(-1), a_steps[t], a_hat.to(a.dtype))
+            a_prev = torch.addcmul(a_steps[t], a_hat.to(a.dtype), missing[t])  # a_t, or a_hat_t where missing
             X = X * observed[t]  # a missing step observes nothing (in the first stream)
-            L = torch.linalg.cholesky_ex(torch.baddbmm(Rn, X, Ct.mT).view(N, n, da, da)).L  # S = C P C^T + R
-            Z = torch.linalg.solve_triangular(L, (X - a_cols[t]).view(N, n, da, d), upper=False)  # [V | -w]
-            Zs = Z.view(N * n, da, d)
-            M = torch.baddbmm(M.reshape(N * n, d, d), Zs.mT, Zs, alpha=-1.0).view(N, n * d, d)
-            for k, v in zip(out, (alpha, a_prev, pred, M, Z, L)):
+            S = torch.baddbmm(Rn, X, Ct.mT).view(N * n, da, da)  # C P C^T + R
+            D = (X - a_cols[t]).view(N * n, da, d)  # [C P | C m - a]
+            F = condition(M.reshape(N * n, d, d), D, S)
+            M = F.view(N, n * d, d)
+            for k, v in zip(out, (alpha, a_prev, pred, F, S, D)):  # each as it enters or leaves an operation
                 out[k].append(v)
-        alpha, a = (torch.stack(out[k], 1).reshape(batch_shape + (T, -1)) for k in ("alpha", "a"))
-        pred, filt, Z, L = (
-            torch.stack(out[k], 1).reshape(batch_shape + (T, n) + shape)
-            for k, shape in (("pred", (d, d)), ("filt", (d, d)), ("Z", (da, d)), ("L", (da, da)))
+        # stacked along a leading time dim and viewed as (batch, T, ...): no copies of the gradients' slices
+        b = len(batch_shape)
+        alpha, a = (torch.stack(out[k]).view((T,) + batch_shape + (-1,)).movedim(0, b) for k in ("alpha", "a"))
+        pred, filt, S, D = (
+            torch.stack(out[k]).view((T,) + batch_shape + (n,) + shape).movedim(0, b)
+            for k, shape in (("pred", (d, d)), ("filt", (d, d)), ("S", (da, da)), ("D", (da, d)))
         )
-        lp = _gaussian_log_prob(Z[..., 0, :, dz], L[..., 0, :, :], mask.reshape(batch_shape + (T,)))  # Z = [V | -w]
+        L = torch.linalg.cholesky_ex(S[..., 0, :, :]).L
+        w = torch.linalg.solve_triangular(L, D[..., 0, :, dz:], upper=False).squeeze(-1)  # L^{-1} (C m - a)
+        lp = _gaussian_log_prob(w, L, mask.reshape(batch_shape + (T,)))
         p, f = pred[..., 0, :dz, :], filt[..., 0, :dz, :]
         filtered = KalmanFilterResult(p[..., dz], p[..., :dz], f[..., dz], f[..., :dz], lp.sum(-1), lp)
         cov = None
         if n == 2:
-            cov = CovariancePass(pred[..., 1, :dz, :dz], filt[..., 1, :dz, :dz], Z[..., 1, :, :dz], L[..., 1, :, :])
+            cov = CovariancePass(pred[..., 1, :dz, :dz], filt[..., 1, :dz, :dz], S[..., 1, :, :])
         return RecursiveFilterResult(alpha, a, filtered, cov)
 
     @full_precision

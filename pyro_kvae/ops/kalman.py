@@ -20,11 +20,12 @@ step, since with ``dim_z`` and ``dim_a`` of a few units every operation is a tin
 kernel and their number, not their arithmetic, sets the time (on a GPU each is a
 launch):
 
-* covariance and mean are carried side by side as ``M = [P | m]``, so that one
-  product serves both: a prediction is ``(A M) A_r + [Q | b]`` (2 operations, with
-  ``A_r = [[A^T, 0], [0, 1]]`` built for all steps at once) and an update
-  ``M - V^T [V | -w]`` with ``[V | -w] = L^{-1} ([C P | C m] - [0 | a])`` and
-  ``S = L L^T`` (5 operations, the gain never formed);
+* covariance and mean are carried together as ``M = [[P, m], [m^T, s]]``, so that one
+  product serves both: a prediction is ``A_r^T M A_r + [[Q, b], [b^T, 0]]`` (2 operations,
+  with ``A_r = [[A^T, 0], [0, 1]]`` built for all steps at once) and an update
+  ``M - D^T S^{-1} D`` with ``D = [C P | C m] - [0 | a]`` and ``S = C P C^T + R`` (4
+  operations, the gain never formed; :func:`condition`, one autograd node with a
+  hand-written backward of 5 operations);
 * a missing step is an emission matrix of zeros (set for all steps at once), so
   masking costs nothing inside the loop;
 * time slices come from one ``unbind`` (whose gradient is one ``stack``), and a
@@ -95,55 +96,62 @@ def _baddmm(C, X, Y, alpha=1.0):
     return torch.add(C, X @ Y, alpha=alpha)
 
 
-def _sym_joint(M):
-    """:func:`_sym` on the covariance block of ``M = [P | m] (..., dim_z, dim_z + 1)``."""
-    if M.dtype == torch.float64:
-        return M
-    dz = M.size(-2)
-    return torch.cat([_sym(M[..., :dz]), M[..., dz:]], -1)
+class _Condition(torch.autograd.Function):
+    """``M - D^T S^{-1} D`` for ``M (B, d, d)``, ``D (B, k, d)`` and a positive definite ``S (B, k, k)``
+    (a Kalman measurement update, see :func:`condition`) as one autograd node. Its backward is 5
+    batched operations, ``D' = -Y (G + G^T)`` and ``S' = Y G Y^T`` with ``Y = S^{-1} D``, where autograd
+    through the Cholesky factorisation and the triangular solves takes about 30."""
+
+    @staticmethod
+    def forward(ctx, M, D, S):
+        L = torch.linalg.cholesky_ex(S).L
+        Z = torch.linalg.solve_triangular(L, D, upper=False)  # (triangular solves: fewer copies than cholesky_solve)
+        ctx.save_for_backward(L, Z)
+        return torch.baddbmm(M, Z.mT, Z, alpha=-1.0)  # D^T S^{-1} D = Z^T Z, symmetric in any precision
+
+    @staticmethod
+    def backward(ctx, G):
+        L, Z = ctx.saved_tensors
+        Y = torch.linalg.solve_triangular(L.mT, Z, upper=True)  # S^{-1} D
+        dD = torch.baddbmm(Y, Y, G + G.mT, beta=0.0, alpha=-1.0) if ctx.needs_input_grad[1] else None
+        dS = (Y @ G) @ Y.mT if ctx.needs_input_grad[2] else None
+        return G, dD, dS
+
+
+def condition(M, D, S):
+    """
+    ``M - D^T S^{-1} D``: the measurement update of a state ``M = [[P, m], [m^T, s]] (..., d, d)`` with
+    ``D = [C P | C m - a] (..., dim_a, d)`` and the innovation covariance ``S = C P C^T + R (..., dim_a, dim_a)``
+    gives ``[[P - P C^T S^{-1} C P, m + K (a - C m)], [., s - r^T S^{-1} r]]`` (``r = a - C m``, gain
+    ``K = P C^T S^{-1}``). Batch dims broadcast.
+    """
+    if M.dim() == D.dim() == S.dim() == 3 and M.size(0) == D.size(0) == S.size(0):
+        return _Condition.apply(M, D, S)
+    batch = torch.broadcast_shapes(M.shape[:-2], D.shape[:-2], S.shape[:-2])
+    M, D, S = (x.expand(batch + x.shape[-2:]).reshape((-1,) + x.shape[-2:]) for x in (M, D, S))
+    return _Condition.apply(M, D, S).reshape(batch + M.shape[-2:])
 
 
 def _transition_blocks(A, Q, b=None):
-    """``A_r = [[A^T, 0], [0, 1]] (..., T, dim_z + 1, dim_z + 1)`` and ``Q_b = [Q | b] (..., T or 1, dim_z, dim_z + 1)``
-    for all steps at once, so that a prediction step is ``(A M) A_r + Q_b`` (:func:`_predict_blocks`)."""
-    dz = A.size(-1)
-    Ar = torch.nn.functional.pad(A.mT, (0, 1, 0, 1))
+    """``A_r = [[A^T, 0], [0, 1]] (..., T, d, d)`` and ``Q_b = [[Q, b], [b^T, 0]] (..., T or 1, d, d)``
+    (``d = dim_z + 1``) for all steps at once, so that a prediction of the state ``M = [[P, m], [m^T, s]]`` is
+    ``A_r^T M A_r + Q_b = [[A P A^T + Q, A m + b], [., s]]`` (2 products serve covariance and mean)."""
+    dz, pad = A.size(-1), torch.nn.functional.pad
+    Ar = pad(A.mT, (0, 1, 0, 1))
     Ar[..., dz, dz] = 1.0
-    Q = Q.unsqueeze(-3)  # a time dim of 1
-    if b is None:
-        return Ar, torch.nn.functional.pad(Q, (0, 1))
-    batch = torch.broadcast_shapes(Q.shape[:-2], b.shape[:-1])
-    return Ar, torch.cat([Q.expand(batch + Q.shape[-2:]), b.expand(batch + b.shape[-1:]).unsqueeze(-1)], -1)
+    Qb = pad(Q.unsqueeze(-3), (0, 1, 0, 1))  # a time dim of 1
+    if b is not None:
+        b = pad(b.unsqueeze(-1), (dz, 0, 0, 1))  # b in the last column
+        Qb = Qb + b + b.mT
+    return Ar, Qb
 
 
-def _predict_blocks(M, A, Ar, Qb):
-    """
-    The prediction step on ``M = [P | m] (..., dim_z, dim_z + 1)``, a covariance and its mean side
-    by side: ``(A M) A_r + Q_b = [A P A^T + Q | A m + b]`` in 2 operations (one product serves
-    both), with the blocks of :func:`_transition_blocks`.
-    """
-    M = _baddmm(Qb, A @ M, Ar)
-    return _sym_joint(M)
-
-
-def _joint_update(M, X, a_col, Ct, R):
-    """
-    The measurement update on ``M = [P | m]`` given ``X = C M = [C P | C m] (..., dim_a, dim_z + 1)``,
-    ``a_col = [0 | a]`` and ``Ct = [C | 0]`` (same shape): ``[P - V^T V | m + V^T w]`` in 5
-    operations, with ``S = C P C^T + R = X Ct^T + R = L L^T``, ``V = L^{-1} C P`` and ``w = L^{-1} (a - C m)``.
-
-    :returns: ``(M', Z, L)`` with ``Z = [V | -w]``.
-    """
-    dz = M.size(-2)
-    L = torch.linalg.cholesky_ex(_baddmm(R, X, Ct.mT)).L
-    Z = torch.linalg.solve_triangular(L, X - a_col, upper=False)
-    return _sym_joint(_baddmm(M, Z[..., :dz].mT, Z, alpha=-1.0)), Z, L
-
-
-def _joint(mean, cov):
-    """``[cov | mean] (..., dim_z, dim_z + 1)`` at the batch shape of both."""
+def _state(mean, cov):
+    """``[[cov, mean], [mean^T, 0]] (..., d, d)`` at the batch shape of both."""
     batch = torch.broadcast_shapes(mean.shape[:-1], cov.shape[:-2])
-    return torch.cat([cov.expand(batch + cov.shape[-2:]), mean.expand(batch + mean.shape[-1:]).unsqueeze(-1)], -1)
+    column = mean.expand(batch + mean.shape[-1:]).unsqueeze(-1)
+    top = torch.cat([cov.expand(batch + cov.shape[-2:]), column], -1)
+    return torch.cat([top, torch.nn.functional.pad(column.mT, (0, 1))], -2)
 
 
 def _a_column(a, dim_z):
@@ -222,18 +230,23 @@ def filter_steps(a, A, C, Q, R, mu0, Sigma0, b=None, mask=None):
         return filter_means(a, A, C, mu0, covariance_steps(A, C, Q, R, Sigma0, T), b, mask)
     Ar, Qb = _transition_blocks(A, Q, b)
     Ct = torch.nn.functional.pad(C, (0, 1))  # [C | 0]
-    As, Ars, Qbs, Cs, Cts, a_cols = (time_slices(x, T, 2) for x in (A, Ar, Qb, C, Ct, _a_column(a, dz)))
-    M = _joint(mu0, Sigma0)  # [P | m], one product per step serves covariance and mean
-    preds, filts, Zs, Ls = [], [], [], []
+    Ars, Qbs, Cts, a_cols = (time_slices(x, T, 2) for x in (Ar, Qb, Ct, _a_column(a, dz)))
+    M = _state(mu0, Sigma0)  # [[P, m], [m^T, s]]: one product per step serves covariance and mean
+    preds, filts, Ss, Ds = [], [], [], []
     for t in range(T):
         if t:
-            M = _predict_blocks(M, As[t], Ars[t], Qbs[t])
-        preds.append(M)
-        M, Z, L = _joint_update(M, Cs[t] @ M, a_cols[t], Cts[t], R)
-        for out, x in ((filts, M), (Zs, Z), (Ls, L)):
+            M = _sym(_baddmm(Qbs[t], Ars[t].mT @ M, Ars[t]))
+        X = Cts[t] @ M  # [C P | C m]
+        S, D = _baddmm(R, X, Cts[t].mT), X - a_cols[t]
+        for out, x in ((preds, M), (Ss, S), (Ds, D)):
             out.append(x)
-    pred, filt, Z = (torch.stack(_same_shape(x), -3) for x in (preds, filts, Zs))
-    step = _gaussian_log_prob(Z[..., dz], torch.stack(_same_shape(Ls), -3), mask)  # Z[..., dz] = -w
+        M = condition(M, D, S)
+        filts.append(M)
+    pred, filt, S, D = (torch.stack(_same_shape(x), -3) for x in (preds, filts, Ss, Ds))
+    L = torch.linalg.cholesky_ex(S).L
+    w = torch.linalg.solve_triangular(L, D[..., dz:], upper=False).squeeze(-1)  # L^{-1} (C m - a)
+    step = _gaussian_log_prob(w, L, mask)
+    pred, filt = pred[..., :dz, :], filt[..., :dz, :]
     return KalmanFilterResult(pred[..., dz], pred[..., :dz], filt[..., dz], filt[..., :dz], step.sum(-1), step)
 
 
@@ -249,45 +262,45 @@ def _shared(a, A, C, Q, R, b, mask, mu0, Sigma0):
 class CovariancePass(NamedTuple):
     """
     The half of a Kalman filter that does not depend on the data ``a``: predicted and filtered
-    covariances ``(..., T, dim_z, dim_z)``, ``V_t = L_t^{-1} C_t P_t (..., T, dim_a, dim_z)`` and the
-    Cholesky factors ``L_t (..., T, dim_a, dim_a)`` of the innovation covariances ``S_t = L_t L_t^T``.
+    covariances ``(..., T, dim_z, dim_z)`` and the innovation covariances
+    ``S_t = C_t P_t C_t^T + R (..., T, dim_a, dim_a)``.
     With it, :func:`filter_means` gives the filter of any ``a`` by one affine map per step.
     """
 
     pred_cov: torch.Tensor
     filt_cov: torch.Tensor
-    V: torch.Tensor
-    L: torch.Tensor
+    S: torch.Tensor
 
 
 def covariance_steps(A, C, Q, R, Sigma0, T: int) -> CovariancePass:
     """The covariance recursion of :func:`filter_steps` alone, at the batch shape of the parameters
     (arguments as there, checked and of one dtype)."""
     As, Cs = time_slices(A, T, 2), time_slices(C, T, 2)
-    cov, pcs, fcs, Vs, Ls = Sigma0, [], [], [], []
+    cov, pcs, fcs, Ss = Sigma0, [], [], []
     for t in range(T):
         if t:
             cov = _sym(_baddmm(Q, As[t] @ cov, As[t].mT))
-        pcs.append(cov)
         CP = Cs[t] @ cov
-        L = torch.linalg.cholesky_ex(_baddmm(R, CP, Cs[t].mT)).L
-        V = torch.linalg.solve_triangular(L, CP, upper=False)
-        cov = _sym(_baddmm(cov, V.mT, V, alpha=-1.0))
-        for out, x in ((fcs, cov), (Vs, V), (Ls, L)):
-            out.append(x)
-    return CovariancePass(*(torch.stack(_same_shape(x), -3) for x in (pcs, fcs, Vs, Ls)))
+        S = _baddmm(R, CP, Cs[t].mT)
+        pcs.append(cov)
+        Ss.append(S)
+        cov = condition(cov, CP, S)
+        fcs.append(cov)
+    return CovariancePass(*(torch.stack(_same_shape(x), -3) for x in (pcs, fcs, Ss)))
 
 
 def filter_means(a, A, C, mu0, cov: CovariancePass, b=None, mask=None) -> KalmanFilterResult:
     """
     The filter of ``a (..., T, dim_a)`` given its covariance pass ``cov`` (:func:`covariance_steps`,
-    for the same ``A``, ``C`` and noise; ``C`` zero where ``mask`` is False): the means follow as one
-    affine map per step, ``p_{t+1} = F_t p_t + g_t`` with ``F_t = A_{t+1} (I - K_t C_t)`` and
-    ``g_t = A_{t+1} K_t a_t + b_{t+1}`` formed for all steps at once, and the log-likelihood
-    terms from the whitened residuals ``L_t^{-1} (a_t - C_t p_t)``.
+    for the same ``A``, ``C`` and noise; ``C`` zero where ``mask`` is False): the gains
+    ``K_t = P_t C_t^T S_t^{-1}`` for all steps at once, then the means by one affine map per step,
+    ``p_{t+1} = F_t p_t + g_t`` with ``F_t = A_{t+1} (I - K_t C_t)`` and ``g_t = A_{t+1} K_t a_t + b_{t+1}``,
+    and the log-likelihood terms from the whitened residuals ``L_t^{-1} (a_t - C_t p_t)``, ``S_t = L_t L_t^T``.
     """
     T = a.size(-2)
-    K = torch.linalg.solve_triangular(cov.L.mT, cov.V, upper=True).mT  # gains (..., T, dim_z, dim_a)
+    L = torch.linalg.cholesky_ex(cov.S).L
+    V = torch.linalg.solve_triangular(L, C @ cov.pred_cov, upper=False)
+    K = torch.linalg.solve_triangular(L.mT, V, upper=True).mT  # P C^T S^{-1} (..., T, dim_z, dim_a)
     I_KC = torch.eye(K.size(-2), dtype=K.dtype, device=K.device) - K @ C
     Ka = _mv(K, a)
     A_next = A[..., 1:, :, :] if A.size(-3) > 1 else A
@@ -301,8 +314,8 @@ def filter_means(a, A, C, mu0, cov: CovariancePass, b=None, mask=None) -> Kalman
         mean = _affine(gs[t], Fs[t], mean)
         pms.append(mean)
     pm = torch.stack(_same_shape(pms), -2)
-    w = torch.linalg.solve_triangular(cov.L, (a - _mv(C, pm)).unsqueeze(-1), upper=False).squeeze(-1)
-    step = _gaussian_log_prob(w, cov.L, mask)
+    w = torch.linalg.solve_triangular(L, (a - _mv(C, pm)).unsqueeze(-1), upper=False).squeeze(-1)
+    step = _gaussian_log_prob(w, L, mask)
     return KalmanFilterResult(pm, cov.pred_cov, _mv(I_KC, pm) + Ka, cov.filt_cov, step.sum(-1), step)
 
 
