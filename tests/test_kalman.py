@@ -86,6 +86,9 @@ def test_condition_and_its_hand_written_backward():
     theirs = torch.autograd.grad((reference * W).sum(), (M, D, F))
     for x, y in zip(ours, theirs):
         assert x.shape == y.shape and (x - y).abs().max() < 1e-10 * (1 + y.abs().max())
+    dD = torch.autograd.grad(condition(M, D, S).pow(2).sum(), D, create_graph=True)[0]
+    with pytest.raises(RuntimeError, match="once_differentiable"):  # no silent second derivative
+        dD.sum().backward()
 
 
 def test_gradcheck_filter_log_prob():

@@ -45,6 +45,7 @@ import math
 from typing import NamedTuple, Optional
 
 import torch
+from torch.autograd.function import once_differentiable
 
 from .checks import check_lgssm_shapes, check_lgssm_values
 
@@ -110,6 +111,7 @@ class _Condition(torch.autograd.Function):
         return torch.baddbmm(M, Z.mT, Z, alpha=-1.0)  # D^T S^{-1} D = Z^T Z, symmetric in any precision
 
     @staticmethod
+    @once_differentiable  # a second derivative through it raises instead of being silently wrong
     def backward(ctx, G):
         L, Z = ctx.saved_tensors
         Y = torch.linalg.solve_triangular(L.mT, Z, upper=True)  # S^{-1} D
@@ -125,11 +127,19 @@ def condition(M, D, S):
     gives ``[[P - P C^T S^{-1} C P, m + K (a - C m)], [., s - r^T S^{-1} r]]`` (``r = a - C m``, gain
     ``K = P C^T S^{-1}``). Batch dims broadcast.
     """
+    if not (torch.is_grad_enabled() and (M.requires_grad or D.requires_grad or S.requires_grad)):
+        return _condition_ops(M, D, S)  # without a graph, plain operations are faster than a Python-level node
     if M.dim() == D.dim() == S.dim() == 3 and M.size(0) == D.size(0) == S.size(0):
         return _Condition.apply(M, D, S)
     batch = torch.broadcast_shapes(M.shape[:-2], D.shape[:-2], S.shape[:-2])
     M, D, S = (x.expand(batch + x.shape[-2:]).reshape((-1,) + x.shape[-2:]) for x in (M, D, S))
     return _Condition.apply(M, D, S).reshape(batch + M.shape[-2:])
+
+
+def _condition_ops(M, D, S):
+    """:func:`condition` by plain operations (autograd records about 30 for its gradient)."""
+    Z = torch.linalg.solve_triangular(torch.linalg.cholesky_ex(S).L, D, upper=False)
+    return _baddmm(M, Z.mT, Z, alpha=-1.0)
 
 
 def _transition_blocks(A, Q, b=None):
@@ -284,8 +294,8 @@ def covariance_steps(A, C, Q, R, Sigma0, T: int) -> CovariancePass:
         S = _baddmm(R, CP, Cs[t].mT)
         pcs.append(cov)
         Ss.append(S)
-        cov = condition(cov, CP, S)
-        fcs.append(cov)
+        cov = _sym(_condition_ops(cov, CP, S))  # shared parameters: the Python-level node would cost more than
+        fcs.append(cov)  # the operations it saves
     return CovariancePass(*(torch.stack(_same_shape(x), -3) for x in (pcs, fcs, Ss)))
 
 
