@@ -25,7 +25,7 @@ from ..ops.kalman import (
     CovariancePass,
     KalmanFilterResult,
     _a_column,
-    _gaussian_log_prob,
+    _innovation_log_prob,
     _state,
     condition,
     filter_means,
@@ -319,9 +319,7 @@ class KalmanPrior(PyroModule):
             torch.stack(out[k]).view((T,) + batch_shape + (n,) + shape).movedim(0, b)
             for k, shape in (("pred", (d, d)), ("filt", (d, d)), ("S", (da, da)), ("D", (da, d)))
         )
-        L = torch.linalg.cholesky_ex(S[..., 0, :, :]).L
-        w = torch.linalg.solve_triangular(L, D[..., 0, :, dz:], upper=False).squeeze(-1)  # L^{-1} (C m - a)
-        lp = _gaussian_log_prob(w, L, mask.reshape(batch_shape + (T,)))
+        lp = _innovation_log_prob(S[..., 0, :, :], D[..., 0, :, :], mask.reshape(batch_shape + (T,)))
         p, f = pred[..., 0, :dz, :], filt[..., 0, :dz, :]
         filtered = KalmanFilterResult(p[..., dz], p[..., :dz], f[..., dz], f[..., :dz], lp.sum(-1), lp)
         cov = None

@@ -179,6 +179,14 @@ def _update(mean, cov, a, C, R):
     return mean + (V.mT @ w).squeeze(-1), _sym(cov - V.mT @ V), w.squeeze(-1), L
 
 
+def _innovation_log_prob(S, D, mask=None):
+    """``log N(a_t; C m_t, S_t)`` per step from the innovation covariances ``S (..., T, dim_a, dim_a)`` and
+    ``D = [C P | C m - a] (..., T, dim_a, d)`` of the steps, all at once; 0 where ``mask (..., T)`` is False."""
+    L = torch.linalg.cholesky_ex(S).L
+    w = torch.linalg.solve_triangular(L, D[..., -1:], upper=False).squeeze(-1)  # L^{-1} (C m - a)
+    return _gaussian_log_prob(w, L, mask)
+
+
 def _gaussian_log_prob(w, L, mask=None):
     """``log N`` of a residual whitened to ``w (..., dim_a)`` by the Cholesky factor ``L (..., dim_a, dim_a)``;
     0 where the optional bool ``mask (...)`` is False."""
@@ -253,9 +261,7 @@ def filter_steps(a, A, C, Q, R, mu0, Sigma0, b=None, mask=None):
         M = condition(M, D, S)
         filts.append(M)
     pred, filt, S, D = (torch.stack(_same_shape(x), -3) for x in (preds, filts, Ss, Ds))
-    L = torch.linalg.cholesky_ex(S).L
-    w = torch.linalg.solve_triangular(L, D[..., dz:], upper=False).squeeze(-1)  # L^{-1} (C m - a)
-    step = _gaussian_log_prob(w, L, mask)
+    step = _innovation_log_prob(S, D, mask)
     pred, filt = pred[..., :dz, :], filt[..., :dz, :]
     return KalmanFilterResult(pred[..., dz], pred[..., :dz], filt[..., dz], filt[..., :dz], step.sum(-1), step)
 
