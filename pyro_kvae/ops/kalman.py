@@ -51,7 +51,22 @@ from .checks import check_lgssm_shapes, check_lgssm_values
 
 
 def _mv(M: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """``M v`` for ``M (..., n, k)`` and ``v (..., k)``, batch dims broadcast. Where ``M`` has fewer batch
+    elements than ``v`` (parameters shared by sequences), the dims of ``v`` that ``M`` lacks become the columns
+    of one product (``einsum`` folds them) instead of ``M`` being expanded to one tiny product per vector."""
+    if M.shape[:-2].numel() < v.shape[:-1].numel():
+        return torch.einsum("...nk,...k->...n", M, v)
     return (M @ v.unsqueeze(-1)).squeeze(-1)
+
+
+def _whiten(L: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+    """``L^{-1} r`` for a lower triangular ``L (..., k, k)`` and ``r (..., k)``, batch dims broadcast. Where ``L``
+    has fewer batch elements than ``r`` (shared parameters), ``L^{-1}`` is formed once at its own batch shape
+    and applied by :func:`_mv`: a triangular solve would run once per vector."""
+    if L.shape[:-2].numel() < r.shape[:-1].numel():
+        eye = torch.eye(L.size(-1), dtype=L.dtype, device=L.device)
+        return _mv(torch.linalg.solve_triangular(L, eye, upper=False), r)
+    return torch.linalg.solve_triangular(L, r.unsqueeze(-1), upper=False).squeeze(-1)
 
 
 def _sym(x: torch.Tensor) -> torch.Tensor:
@@ -330,8 +345,7 @@ def filter_means(a, A, C, mu0, cov: CovariancePass, b=None, mask=None) -> Kalman
         mean = _affine(gs[t], Fs[t], mean)
         pms.append(mean)
     pm = torch.stack(_same_shape(pms), -2)
-    w = torch.linalg.solve_triangular(L, (a - _mv(C, pm)).unsqueeze(-1), upper=False).squeeze(-1)
-    step = _gaussian_log_prob(w, L, mask)
+    step = _gaussian_log_prob(_whiten(L, a - _mv(C, pm)), L, mask)
     return KalmanFilterResult(pm, cov.pred_cov, _mv(I_KC, pm) + Ka, cov.filt_cov, step.sum(-1), step)
 
 
