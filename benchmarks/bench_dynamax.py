@@ -10,8 +10,8 @@ Two workloads, each at (batch, T, dim_z, dim_a) = (64, 20, 4, 2) and (64, 100, 8
 
 Tasks: ``log p(a)`` + gradient (w.r.t. ``A``, ``C``, ``a``) and smoothed means. Ours is
 ``LinearGaussianSSM`` as the package uses it (float64 inside, float32 in and out);
-dynamax runs in float32. The two are timed in alternation and the ratio is the median of
-the rounds' ratios (this machine's load drifts). On the time-varying workload, also the KVAE's recursive
+dynamax runs in float32. The two are timed in alternating blocks of calls and the ratio is the
+median of the rounds' ratios (this machine's load drifts). On the time-varying workload, also the KVAE's recursive
 filter with its dynamics network in the loop (``KalmanPrior.filter``: an LSTM of 50
 units gives ``alpha_t`` from ``a_{t-1}``, ``K = 3`` modes, 30 % of steps missing, no
 gradient, as ``impute`` runs it) against dynamax's smoother. Needs the optional ``bench`` extra (jax, dynamax)::
@@ -42,17 +42,22 @@ def problem(batch, T, dz, da, varying, seed=0):
     return a, p
 
 
-def timeit_pair(mine, other, repeat, sync):
-    """Median milliseconds of ``mine()`` and ``other()`` (synchronised by ``sync``), timed in
-    alternation so that both see the same load, and the median of their per-round ratios."""
+def timeit_pair(mine, other, repeat, sync, block=5):
+    """Median milliseconds per call of ``mine()`` and ``other()`` (synchronised by ``sync``), and the
+    median of their per-round ratios. Each round times a block of ``block`` calls of one, then of the
+    other: the rounds alternate so that both see the same load, and the calls within a block run back
+    to back, because the thread pool of the runtime that just ran (XLA's or torch's) keeps spinning for
+    a while after a call and slows a call of the other that follows at once (by up to 2x here)."""
     mine(), sync(other())  # warm up (and compile)
     rounds = []
     for _ in range(repeat):
         t0 = time.perf_counter()
-        mine()
+        for _ in range(block):
+            mine()
         t1 = time.perf_counter()
-        sync(other())
-        rounds.append((t1 - t0, time.perf_counter() - t1))
+        for _ in range(block):
+            sync(other())
+        rounds.append(((t1 - t0) / block, (time.perf_counter() - t1) / block))
     ours, theirs = np.array(rounds).T
     return 1e3 * float(np.median(ours)), 1e3 * float(np.median(theirs)), float(np.median(ours / theirs))
 
