@@ -178,12 +178,10 @@ class LinearGaussianSSM(TorchDistribution):
             L, info = torch.linalg.cholesky_ex(cov)  # at the parameters' batch shape
             if not (info != 0).any():
                 shape = value.shape[:-2] + mean.shape[-2:]
-                mean, scale_tril = mean.expand(shape), L.expand(shape + mean.shape[-1:])
+                # cast, then expand: casting an expanded view would copy it at the full batch shape
+                mean, L = mean.to(value.dtype).expand(shape), L.to(value.dtype).expand(shape + mean.shape[-1:])
                 # a Cholesky factor that succeeded: no need to validate it again, at the full batch shape
-                mvn = MultivariateNormal(
-                    mean.to(value.dtype), scale_tril=scale_tril.to(value.dtype), validate_args=False
-                )
-                return mvn
+                return MultivariateNormal(mean, scale_tril=L, validate_args=False)
         if scale_tril is None:
             filtered, A, Q = self._sqrt_filter(value)
             if smooth:

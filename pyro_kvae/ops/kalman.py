@@ -102,14 +102,14 @@ def kalman_predict(mean, cov, A, Q, b=None):
     return mean, _sym(A @ cov @ A.mT + Q)
 
 
-def _baddmm(C, X, Y, alpha=1.0):
-    """``C + alpha X @ Y``, in one operation (``torch.baddbmm`` / ``torch.addmm``, ``C`` broadcast) where
+def _baddmm(C, X, Y, alpha=1.0, beta=1.0):
+    """``beta C + alpha X @ Y``, in one operation (``torch.baddbmm`` / ``torch.addmm``, ``C`` broadcast) where
     ``X`` and ``Y`` are matrices or batches of matrices of one batch size."""
     if X.dim() == 3 and Y.dim() == 3 and X.size(0) == Y.size(0):
-        return torch.baddbmm(C, X, Y, alpha=alpha)
+        return torch.baddbmm(C, X, Y, alpha=alpha, beta=beta)
     if X.dim() == 2 and Y.dim() == 2 and C.dim() <= 2:
-        return torch.addmm(C, X, Y, alpha=alpha)
-    return torch.add(C, X @ Y, alpha=alpha)
+        return torch.addmm(C, X, Y, alpha=alpha, beta=beta)
+    return torch.add(C if beta == 1.0 else beta * C, X @ Y, alpha=alpha)
 
 
 class _Condition(torch.autograd.Function):
@@ -312,22 +312,39 @@ def covariance_steps(A, C, Q, R, Sigma0, T: int) -> CovariancePass:
     return CovariancePass(*_covariance_recursion(A, C, Q, R, Sigma0, T)[:3])
 
 
-def _covariance_recursion(A, C, Q, R, Sigma0, T: int):
+def _covariance_recursion(A, C, Q, R, Sigma0, T: int, factors: bool = False):
     """The loop of :func:`covariance_steps`: the predicted covariances ``P``, filtered ones ``F`` and the
-    innovation covariances ``S``, then ``D = C P (..., T, dim_a, dim_z)`` and the Cholesky factors ``L`` of ``S``
-    and ``Z = L^{-1} D``, each stacked over the ``T`` steps."""
-    As, Cs = time_slices(A, T, 2), time_slices(C, T, 2)
-    F, out = Sigma0, ([], [], [], [], [], [])
+    innovation covariances ``S``, and with ``factors`` also ``D = C P (..., T, dim_a, dim_z)``, the Cholesky
+    factors ``L`` of ``S`` and ``Z = L^{-1} D``, each stacked over the ``T`` steps. The loop calls the
+    operations directly (5 to 10 microseconds each here): helpers would add a third to its time."""
+    As, ATs, Cs, CTs = (time_slices(x, T, 2) for x in (A, A.mT, C, C.mT))
+    addmm = _addmm_for(A, C, Q, R, Sigma0)
+    sym, cholesky, solve = A.dtype != torch.float64, torch.linalg.cholesky_ex, torch.linalg.solve_triangular
+    P = F = Sigma0
+    out = ([], [], [], [], [], [])
     for t in range(T):
-        P = _sym(_baddmm(Q, As[t] @ F, As[t].mT)) if t else Sigma0
+        if t:
+            P = addmm(Q, As[t] @ F, ATs[t])
+            if sym:
+                P = 0.5 * (P + P.mT)
         D = Cs[t] @ P
-        S = _baddmm(R, D, Cs[t].mT)
-        L = torch.linalg.cholesky_ex(S).L
-        Z = torch.linalg.solve_triangular(L, D, upper=False)
-        F = _sym(_baddmm(P, Z.mT, Z, alpha=-1.0))  # P - D^T S^{-1} D
-        for x, y in zip(out, (P, F, S, D, L, Z)):
+        S = addmm(R, D, CTs[t])
+        L = cholesky(S)[0]
+        Z = solve(L, D, upper=False)
+        F = addmm(P, Z.mT, Z, alpha=-1.0)  # P - D^T S^{-1} D
+        if sym:
+            F = 0.5 * (F + F.mT)
+        for x, y in zip(out, (P, F, S, D, L, Z) if factors else (P, F, S)):
             x.append(y)
-    return tuple(torch.stack(_same_shape(x), -3) for x in out)
+    return tuple(torch.stack(_same_shape(x), -3) for x in out if x)
+
+
+def _addmm_for(*params):
+    """``torch.addmm`` where the batch shape of ``params`` (``A``, ``C`` with a time dim, then ``Q``, ``R``,
+    ``Sigma0``) is empty, else :func:`_baddmm`."""
+    batch = torch.broadcast_shapes(*(x.shape[: x.dim() - 3] for x in params[:2]),
+                                   *(x.shape[: x.dim() - 2] for x in params[2:]))  # fmt: skip
+    return _baddmm if batch else torch.addmm
 
 
 class _CovarianceSteps(torch.autograd.Function):
@@ -346,7 +363,7 @@ class _CovarianceSteps(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, A, C, Q, R, Sigma0, T):
-        P, F, S, D, L, Z = _covariance_recursion(A, C, Q, R, Sigma0, T)
+        P, F, S, D, L, Z = _covariance_recursion(A, C, Q, R, Sigma0, T, factors=True)
         ctx.set_materialize_grads(False)  # an output that nothing uses gets None, and costs nothing
         ctx.save_for_backward(A, C, Q, R, Sigma0, P, F, D, L, Z)
         return P, F, S
@@ -357,27 +374,26 @@ class _CovarianceSteps(torch.autograd.Function):
         A, C, Q, R, Sigma0, P, F, D, L, Z = ctx.saved_tensors
         T = P.size(-3)
         Y = torch.linalg.solve_triangular(L.mT, Z, upper=True)  # S^{-1} D for all steps
-        As, Cs, Ys = time_slices(A, T, 2), time_slices(C, T, 2), Y.unbind(-3)
+        As, ATs, Cs, CTs = (time_slices(x, T, 2) for x in (A, A.mT, C, C.mT))
+        Ys, halfYTs = Y.unbind(-3), (0.5 * Y.mT).unbind(-3)
         gPs, gFs, gSs = (time_slices(g, T, 2) for g in (gP, gF, gS))
+        addmm = _addmm_for(A, C, Q, R, Sigma0)
         dPs, dDs, dSs, carry = [None] * T, [None] * T, [None] * T, None
-        for t in range(T - 1, -1, -1):
+        for t in range(T - 1, -1, -1):  # (the operations called directly, as in _covariance_recursion)
             G = carry if gFs[t] is None else gFs[t] if carry is None else gFs[t] + carry
             if G is None:  # nothing depends on F_t
                 dS = gSs[t]
                 dD = None if dS is None else dS @ Cs[t]
-                dP = None if dD is None else Cs[t].mT @ dD
+                dP = None if dD is None else CTs[t] @ dD
             else:
-                GG = G + G.mT
-                YGG = Ys[t] @ GG
-                dS = YGG @ Ys[t].mT if gSs[t] is None else _baddmm(gSs[t], YGG, Ys[t].mT, alpha=0.5)
-                if gSs[t] is None:
-                    dS = 0.5 * dS
-                dD = dS @ Cs[t] - YGG
-                dP = _baddmm(G, Cs[t].mT, dD)
+                YGG = Ys[t] @ (G + G.mT)
+                dS = YGG @ halfYTs[t] if gSs[t] is None else addmm(gSs[t], YGG, halfYTs[t])
+                dD = addmm(YGG, dS, Cs[t], beta=-1.0)  # dS C - Y (G + G^T)
+                dP = addmm(G, CTs[t], dD)
             if gPs[t] is not None and t:  # (P_0 = Sigma0 may have a smaller batch shape than the rest: below)
                 dP = gPs[t] if dP is None else dP + gPs[t]
             dPs[t], dDs[t], dSs[t] = dP, dD, dS
-            carry = None if (t == 0 or dP is None) else As[t].mT @ dP @ As[t]
+            carry = None if (t == 0 or dP is None) else ATs[t] @ dP @ As[t]
         zero = P.new_zeros(())
         dP, dD, dS = (torch.stack(_same_shape([zero.expand(F.shape[:-3] + s) if x is None else x for x in xs]), -3)
                       for xs, s in ((dPs, P.shape[-2:]), (dDs, D.shape[-2:]), (dSs, R.shape[-2:])))  # fmt: skip
