@@ -46,8 +46,8 @@ def timeit_pair(mine, other, repeat, sync, block=5):
     """Median milliseconds per call of ``mine()`` and ``other()`` (synchronised by ``sync``), and the
     median of their per-round ratios. Each round times a block of ``block`` calls of one, then of the
     other: the rounds alternate so that both see the same load, and the calls within a block run back
-    to back, because the thread pool of the runtime that just ran (XLA's or torch's) keeps spinning for
-    a while after a call and slows a call of the other that follows at once (by up to 2x here)."""
+    to back, because the first call after one of the other runtime runs slower (here a 2 ms smoothing
+    call took 3-4 ms right after a dynamax call, with or without a 50 ms pause between them)."""
     mine(), sync(other())  # warm up (and compile)
     rounds = []
     for _ in range(repeat):
