@@ -252,7 +252,8 @@ class KalmanPrior(PyroModule):
         # matrices; its mean observes zeros and is not used.
         N, n, dz, da = batch_shape.numel(), 1 + observed_covariances, self.dim_z, self.dim_a
         d, f64, dev = dz + 1, torch.float64, a.device
-        a = torch.where(mask.unsqueeze(-1), a, a.new_zeros(())).reshape(N, T, da)
+        dtype = a.dtype
+        a = torch.where(mask.unsqueeze(-1), a, a.new_zeros(())).reshape(N, T, da).to(f64)
         mask = mask.reshape(N, T)
         u = None if u is None else u.reshape(N, T, self.dim_u).to(f64)
         pad, eye = torch.nn.functional.pad, torch.eye(n, dtype=f64, device=dev)
@@ -276,13 +277,13 @@ class KalmanPrior(PyroModule):
         observed = mask.to(f64)[..., None, None].expand(N, T, da, 1)
         if n == 2:
             observed = torch.cat([observed, observed.new_ones(()).expand(N, T, da, 1)], -2)
-        a_cols = pad(_a_column(a.to(f64), dz), (0, 0, 0, (n - 1) * da))  # [0 | a_t] over zeros
-        missing = (~mask).to(a.dtype).unsqueeze(-1).unbind(1)
+        a_cols = pad(_a_column(a, dz), (0, 0, 0, (n - 1) * da))  # [0 | a_t] over zeros
+        missing = (~mask).to(f64).unsqueeze(-1).unbind(1)
         observed, a_cols, a_steps = observed.unbind(1), a_cols.unbind(1), a.unbind(1)
         M = _state(self.mu0.to(f64), self.Sigma0.to(f64)).repeat(n, 1).expand(N, n * d, d)
         L_R = torch.linalg.cholesky(R)
-        a_prev = self.dynamics.a0.expand(N, da)
-        state = self.dynamics.init_state((N,))
+        a_prev = self.dynamics.a0.to(f64).expand(N, da)
+        state = self.dynamics.init_state((N,), dtype=f64)  # the dynamics in float64 too: no casts per step
         out = {k: [] for k in ("alpha", "a", "pred", "filt", "S", "D")}
         for t in range(T):
             alpha, state = self.dynamics.step(a_prev, state)
@@ -304,7 +305,7 @@ class KalmanPrior(PyroModule):
                 a_hat = (Ct[..., :dz] @ z_hat.unsqueeze(-1) + v).squeeze(-1)
             else:
                 a_hat = X[:, :da, dz]
-            a_prev = torch.addcmul(a_steps[t], a_hat.to(a.dtype), missing[t])  # a_t, or a_hat_t where missing
+            a_prev = torch.addcmul(a_steps[t], a_hat, missing[t])  # a_t, or a_hat_t where missing
             X = X * observed[t]  # a missing step observes nothing (in the first stream)
             S = torch.baddbmm(Rn, X, Ct.mT).view(N * n, da, da)  # C P C^T + R
             D = (X - a_cols[t]).view(N * n, da, d)  # [C P | C m - a]
@@ -314,7 +315,9 @@ class KalmanPrior(PyroModule):
                 out[k].append(v)
         # stacked along a leading time dim and viewed as (batch, T, ...): no copies of the gradients' slices
         b = len(batch_shape)
-        alpha, a = (torch.stack(out[k]).view((T,) + batch_shape + (-1,)).movedim(0, b) for k in ("alpha", "a"))
+        alpha, a = (
+            torch.stack(out[k]).view((T,) + batch_shape + (-1,)).movedim(0, b).to(dtype) for k in ("alpha", "a")
+        )
         pred, filt, S, D = (
             torch.stack(out[k]).view((T,) + batch_shape + (n,) + shape).movedim(0, b)
             for k, shape in (("pred", (d, d)), ("filt", (d, d)), ("S", (da, da)), ("D", (da, d)))

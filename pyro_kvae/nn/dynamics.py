@@ -13,6 +13,8 @@ summing to one over ``K``, where ``alpha_t`` depends only on encodings before
   an estimate (paper section 4); the first step takes ``a_prev = a0``.
 """
 
+from typing import NamedTuple
+
 import torch
 from pyro.nn import PyroModule, pyro_method
 from torch import nn
@@ -32,7 +34,9 @@ class DynamicsNetwork(PyroModule):
         a0 = self.a0.expand(a.shape[:-2] + (1, self.dim_a))
         return torch.cat([a0, a[..., :-1, :]], dim=-2)
 
-    def init_state(self, batch_shape):
+    def init_state(self, batch_shape, dtype=None):
+        """The state before the first step of ``batch_shape`` sequences (``None`` for a network without one);
+        ``dtype``: the dtype the steps run in, when a subclass can run in another than its parameters'."""
         return None
 
     def _check(self, a):
@@ -60,27 +64,60 @@ class RNNDynamics(DynamicsNetwork):
         h, _ = self.rnn(x.reshape((-1,) + x.shape[-2:]))
         return torch.softmax(self.out(h), -1).reshape(batch + (x.size(-2), self.K))
 
-    def init_state(self, batch_shape):
-        zero = self.a0.new_zeros((torch.Size(batch_shape).numel(), self.rnn.hidden_size))
-        return (zero, zero) if isinstance(self.rnn, nn.LSTM) else zero
+    def init_state(self, batch_shape, dtype=None):
+        """The state before the first step, for ``batch_shape`` sequences; with ``dtype`` (e.g. float64) the
+        steps run in that dtype. An LSTM's state also carries its weights prepared once for every step
+        (see :meth:`step`)."""
+        dtype = self.a0.dtype if dtype is None else dtype
+        zero = self.a0.new_zeros((torch.Size(batch_shape).numel(), self.rnn.hidden_size), dtype=dtype)
+        if not isinstance(self.rnn, nn.LSTM):
+            return zero
+        rnn, H = self.rnn, self.rnn.hidden_size
+        # gates reordered from (i, f, g, o) to (i, f, o, g): one sigmoid serves three of them
+        order = torch.cat([torch.arange(2 * H), torch.arange(3 * H, 4 * H), torch.arange(2 * H, 3 * H)])
+        order = order.to(rnn.weight_ih_l0.device)
+        W_x = rnn.weight_ih_l0[order].mT.to(dtype)  # (dim_a, 4H)
+        W_h = torch.cat([rnn.weight_hh_l0[order], self.out.weight]).mT.to(dtype)  # (H, 4H + K)
+        b = torch.cat([(rnn.bias_ih_l0 + rnn.bias_hh_l0)[order], self.out.bias]).to(dtype)  # (4H + K,)
+        return _LSTMState(zero, zero, b[: 4 * H], (W_x, W_h, b))
 
     def step(self, a_prev, state):
         """``a_prev (batch, dim_a)`` -> ``alpha_t (batch, K)``, new state.
 
-        One cell of ``self.rnn`` with its own weights (``torch.lstm_cell`` / ``torch.gru_cell``):
-        the same function as a step of ``self.rnn``, without the set-up of a whole-sequence
-        call, which on a CPU (oneDNN) costs more than the step itself."""
+        One cell of ``self.rnn`` with its own weights: the same function as a step of ``self.rnn``,
+        without the set-up of a whole-sequence call (which on a CPU costs more than the step itself).
+        An LSTM step is 9 operations, where ``torch.lstm_cell`` and the output layer take 17 and
+        twice as many for their gradient: ``h_t`` enters one product with the recurrent weights and the
+        output layer's together, whose first part starts the next step's gates."""
         if state is None:
             raise ValueError("state must come from init_state(batch_shape)")
-        rnn = self.rnn
-        weights = (rnn.weight_ih_l0, rnn.weight_hh_l0, rnn.bias_ih_l0, rnn.bias_hh_l0)
         x = a_prev.reshape(-1, self.dim_a)
-        if isinstance(rnn, nn.LSTM):
-            state = torch.lstm_cell(x, state, *weights)
-            h = state[0]
+        if isinstance(state, _LSTMState):
+            W_x, W_h, b = state.weights
+            H = W_x.size(-1) // 4
+            sig, g = torch.addmm(state.hW, x, W_x).split([3 * H, H], -1)
+            i, f, o = torch.sigmoid(sig).chunk(3, -1)
+            c = torch.addcmul(f * state.c, i, torch.tanh(g))
+            h = o * torch.tanh(c)
+            hW, logits = torch.addmm(b, h, W_h).split([4 * H, self.K], -1)
+            state = _LSTMState(h, c, hW, state.weights)
         else:
-            state = h = torch.gru_cell(x, state, *weights)
-        return torch.softmax(self.out(h), -1).reshape(a_prev.shape[:-1] + (self.K,)), state
+            rnn = self.rnn
+            h = state = torch.gru_cell(x.to(rnn.weight_ih_l0.dtype), state.to(rnn.weight_ih_l0.dtype),
+                                       rnn.weight_ih_l0, rnn.weight_hh_l0, rnn.bias_ih_l0, rnn.bias_hh_l0)  # fmt: skip
+            logits = self.out(h).to(a_prev.dtype)
+            state = state.to(a_prev.dtype)
+        return torch.softmax(logits, -1).reshape(a_prev.shape[:-1] + (self.K,)), state
+
+
+class _LSTMState(NamedTuple):
+    """The state of :meth:`RNNDynamics.step` with an LSTM: ``h``, ``c (batch, H)``, ``hW (batch or 1, 4H)``
+    (the next gates' recurrent part with their biases) and the prepared ``weights``."""
+
+    h: torch.Tensor
+    c: torch.Tensor
+    hW: torch.Tensor
+    weights: tuple
 
 
 class LSTMDynamics(RNNDynamics):
@@ -114,8 +151,8 @@ class MLPDynamics(DynamicsNetwork):
         return torch.softmax(self.mlp(self.shifted(a)), -1)
 
     def weights(self, a_prev):
-        """``alpha`` as a function of the previous encoding ``a_prev (..., dim_a)`` (fig. 4)."""
-        return torch.softmax(self.mlp(a_prev), -1)
+        """``alpha`` as a function of the previous encoding ``a_prev (..., dim_a)`` (fig. 4), in its dtype."""
+        return torch.softmax(self.mlp(a_prev.to(self.a0.dtype)), -1).to(a_prev.dtype)
 
     def step(self, a_prev, state):
         return self.weights(a_prev), state
@@ -134,4 +171,4 @@ class FixedDynamics(DynamicsNetwork):
 
     @pyro_method
     def step(self, a_prev, state):
-        return torch.softmax(self.logits, -1).expand(a_prev.shape[:-1] + (self.K,)), state
+        return torch.softmax(self.logits, -1).to(a_prev.dtype).expand(a_prev.shape[:-1] + (self.K,)), state
