@@ -26,16 +26,19 @@ the last of ``--epochs`` epochs, on ``--devices`` processes (DDP when more than 
 """
 
 import argparse
+import os
 import statistics
 import time
 
-import lightning
-import torch
-from pyro.infer import Trace_ELBO
+os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")  # as the training entry points (examples/bouncing_ball.py)
 
-from pyro_kvae.config import KVAEConfig
-from pyro_kvae.data import VideoDataset
-from pyro_kvae.train import Trainer
+import lightning  # noqa: E402
+import torch  # noqa: E402
+from pyro.infer import Trace_ELBO  # noqa: E402
+
+from pyro_kvae.config import KVAEConfig  # noqa: E402
+from pyro_kvae.data import VideoDataset  # noqa: E402
+from pyro_kvae.train import Trainer  # noqa: E402
 
 
 def timed(fn, device, repeat=5):

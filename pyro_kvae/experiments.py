@@ -41,18 +41,21 @@ import shutil
 import sys
 import time
 
-import numpy as np
-import torch
+if __name__ == "__main__":  # as examples/bouncing_ball.py: large CPU tensors on transparent huge pages
+    os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 
-from .baselines import DMM, DVBF, RNNBaseline, reconstruction_error, train_rnn_baseline, train_sequence_model
-from .cli import positive_int
-from .config import KVAEConfig, build_kvae
-from .data import VideoDataset
-from .files import write_json
-from .imputation import generate, impute, pixel_error
-from .nn import MLPDynamics
-from .nn.vae import LIKELIHOODS
-from .train import CHECKPOINT, Trainer, load_checkpoint, random_mask
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from .baselines import DMM, DVBF, RNNBaseline, reconstruction_error, train_rnn_baseline, train_sequence_model  # noqa: E402
+from .cli import positive_int  # noqa: E402
+from .config import KVAEConfig, build_kvae  # noqa: E402
+from .data import VideoDataset  # noqa: E402
+from .files import write_json  # noqa: E402
+from .imputation import generate, impute, pixel_error  # noqa: E402
+from .nn import MLPDynamics  # noqa: E402
+from .nn.vae import LIKELIHOODS  # noqa: E402
+from .train import CHECKPOINT, Trainer, load_checkpoint, random_mask  # noqa: E402
 
 IMPUTATION_ENVS = ("box", "box_gravity", "polygon", "pong")
 DROP_PROBS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
