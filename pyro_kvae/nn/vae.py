@@ -94,7 +94,7 @@ class ConvEncoder(PyroModule):
         self.frame_shape = shape = frame_shape(frame_size)
         layers, c = [], _channels(shape)
         for f in filters:
-            layers += [nn.Conv2d(c, f, 3, stride=2, padding=1), nn.ReLU()]
+            layers += [nn.Conv2d(c, f, 3, stride=2, padding=1), nn.ReLU(inplace=True)]
             c = f
         self.conv = he_init(nn.Sequential(*layers))
         scale = 2 ** len(filters)  # each stride-2 layer maps n pixels to ceil(n / 2)
@@ -127,7 +127,7 @@ class ConvDecoder(PyroModule):
         self.linear = nn.Linear(dim_a, self.channels * self.side[0] * self.side[1])
         layers, c = [], self.channels
         for f in reversed(filters):
-            layers += [nn.Conv2d(c, 4 * f, 3, padding=1), nn.PixelShuffle(2), nn.ReLU()]
+            layers += [nn.Conv2d(c, 4 * f, 3, padding=1), nn.PixelShuffle(2), nn.ReLU(inplace=True)]
             c = f
         layers.append(nn.Conv2d(c, _channels(shape), 1))
         self.deconv = he_init(nn.Sequential(*layers))
