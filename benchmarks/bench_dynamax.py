@@ -10,11 +10,12 @@ Two workloads, each at (batch, T, dim_z, dim_a) = (64, 20, 4, 2) and (64, 100, 8
 
 Tasks: ``log p(a)`` + gradient (w.r.t. ``A``, ``C``, ``a``) and smoothed means. Ours is
 ``LinearGaussianSSM`` as the package uses it (float64 inside, float32 in and out);
-dynamax runs in float32. The two are timed in alternating blocks of calls and the ratio is the
-median of the rounds' ratios (this machine's load drifts). On the time-varying workload, also the KVAE's recursive
-filter with its dynamics network in the loop (``KalmanPrior.filter``: an LSTM of 50
-units gives ``alpha_t`` from ``a_{t-1}``, ``K = 3`` modes, 30 % of steps missing, no
-gradient, as ``impute`` runs it) against dynamax's smoother. Needs the optional ``bench`` extra (jax, dynamax)::
+dynamax runs in float32, in a process of its own. The two are timed in alternating blocks of
+calls and the ratio is the median of the rounds' ratios (this machine's load drifts). On the
+time-varying workload, also the KVAE's recursive filter with its dynamics network in the loop
+(``KalmanPrior.filter``: an LSTM of 50 units gives ``alpha_t`` from ``a_{t-1}``, ``K = 3``
+modes, 30 % of steps missing, no gradient, as ``impute`` runs it) against dynamax's smoother.
+Needs the optional ``bench`` extra (jax, dynamax)::
 
     pip install -e ".[bench]"
     python benchmarks/bench_dynamax.py [--repeat 7] [--threads 2]
@@ -32,6 +33,7 @@ SIZES = [(64, 20, 4, 2), (64, 100, 8, 4)]
 
 
 def problem(batch, T, dz, da, varying, seed=0):
+    torch.manual_seed(seed)  # (the sample below; the same data in dynamax's process)
     g = torch.Generator().manual_seed(seed)
     shape = (batch, T) if varying else (1,)
     A = torch.eye(dz) + 0.05 * torch.randn(*shape, dz, dz, generator=g) / dz**0.5
@@ -42,22 +44,20 @@ def problem(batch, T, dz, da, varying, seed=0):
     return a, p
 
 
-def timeit_pair(mine, other, repeat, sync, block=5):
-    """Median milliseconds per call of ``mine()`` and ``other()`` (synchronised by ``sync``), and the
-    median of their per-round ratios. Each round times a block of ``block`` calls of one, then of the
-    other: the rounds alternate so that both see the same load, and the calls within a block run back
-    to back, because the first call after one of the other runtime runs slower (here a 2 ms smoothing
-    call took 3-4 ms right after a dynamax call, with or without a 50 ms pause between them)."""
-    mine(), sync(other())  # warm up (and compile)
+def timeit_pair(mine, theirs, repeat, block=5):
+    """Median milliseconds per call of ``mine()`` and of dynamax's task, and the median of their per-round
+    ratios. ``theirs(n)`` runs a block of ``n`` calls of dynamax's task in its own process and returns the
+    seconds per call. Each round times a block of ``block`` calls of one, then of the other: the rounds
+    alternate so that both see the same load, and the calls within a block run back to back, because the
+    first call after one of the other runtime runs slower (here a 2 ms smoothing call took 3-4 ms right
+    after a dynamax call, with or without a 50 ms pause between them)."""
+    mine(), theirs(1)  # warm up (and compile)
     rounds = []
     for _ in range(repeat):
         t0 = time.perf_counter()
         for _ in range(block):
             mine()
-        t1 = time.perf_counter()
-        for _ in range(block):
-            sync(other())
-        rounds.append(((t1 - t0) / block, (time.perf_counter() - t1) / block))
+        rounds.append(((time.perf_counter() - t0) / block, theirs(block)))
     ours, theirs = np.array(rounds).T
     return 1e3 * float(np.median(ours)), 1e3 * float(np.median(theirs)), float(np.median(ours / theirs))
 
@@ -134,28 +134,68 @@ def theirs(a, p, varying):
     return (lambda: value_and_grad(F, H, y)), (lambda: smooth(F, H, y)), (lambda: np.asarray(lls(F, H, y))), sync
 
 
-def main(args):
-    torch.set_num_threads(args.threads)
+def _dynamax_worker(conn, threads):
+    """dynamax in a process of its own, so that JAX is never loaded into the process that times ours (in one
+    test here, with JAX loaded and run in it, our recursive filter took 53-86 ms against 48-52 ms without;
+    alternating with dynamax in another process still slows both). It builds each
+    problem from the same seed as ours and answers: ``("setup", size, varying)`` with the log-likelihoods,
+    ``("time", task, n)`` with the seconds per call of a block of ``n`` calls, ``None`` to stop."""
+    torch.set_num_threads(threads)  # (torch only makes the data here)
     import jax
 
-    print(f"torch {torch.__version__} ({torch.get_num_threads()} threads), jax {jax.__version__} ({jax.devices()[0]}), "
-          f"median of {args.repeat}, milliseconds")  # fmt: skip
+    conn.send(f"jax {jax.__version__} ({jax.devices()[0]})")
+    tasks = sync = None
+    while (msg := conn.recv()) is not None:
+        if msg[0] == "setup":
+            a, p = problem(*msg[1], msg[2])
+            grad, smooth, loglik, sync = theirs(a, p, msg[2])
+            tasks = {"grad": grad, "smooth": smooth}
+            conn.send(loglik())
+        else:
+            fn, n = tasks[msg[1]], msg[2]
+            t0 = time.perf_counter()
+            for _ in range(n):
+                sync(fn())
+            conn.send((time.perf_counter() - t0) / n)
+
+
+def main(args):
+    import multiprocessing
+
+    torch.set_num_threads(args.threads)
+    ctx = multiprocessing.get_context("spawn")
+    conn, child = ctx.Pipe()
+    worker = ctx.Process(target=_dynamax_worker, args=(child, args.threads), daemon=True)
+    worker.start()
+    print(f"torch {torch.__version__} ({torch.get_num_threads()} threads), {conn.recv()} in its own process, "
+          f"median of {args.repeat} rounds of 5 calls, milliseconds per call")  # fmt: skip
     print("| workload (batch, T, dim_z, dim_a) | task | ours | dynamax | ratio | max rel. diff. of log p |")
     print("|---|---|---|---|---|---|")
+
+    def dynamax_block(task):
+        def run(n):
+            conn.send(("time", task, n))
+            return conn.recv()
+
+        return run
+
     for varying in (True, False):
         for size in SIZES:
             a, p = problem(*size, varying)
             lp_grad, smooth = ours(a, p, varying)
-            j_grad, j_smooth, j_ll, sync = theirs(a, p, varying)
-            diff = float(np.max(np.abs(lp_grad().numpy() - j_ll()) / np.abs(j_ll())))
+            conn.send(("setup", size, varying))
+            j_ll = conn.recv()
+            diff = float(np.max(np.abs(lp_grad().numpy() - j_ll) / np.abs(j_ll)))
             kind = "time-varying" if varying else "time-invariant"
-            tasks = [("log p(a) + gradient", lp_grad, j_grad), ("smoothed means", smooth, j_smooth)]
+            tasks = [("log p(a) + gradient", lp_grad, "grad"), ("smoothed means", smooth, "smooth")]
             if varying:
-                tasks.append(("recursive filter (vs smoother)", recursive_filter(a, size[2]), j_smooth))
+                tasks.append(("recursive filter (vs smoother)", recursive_filter(a, size[2]), "smooth"))
             for task, mine, other in tasks:
-                t_ours, t_jax, ratio = timeit_pair(mine, other, args.repeat, sync)
+                t_ours, t_jax, ratio = timeit_pair(mine, dynamax_block(other), args.repeat)
                 row = f"| {kind} {size} | {task} | {t_ours:.1f} | {t_jax:.1f} | {ratio:.1f}x | {diff:.1e} |"
                 print(row, flush=True)
+    conn.send(None)
+    worker.join()
 
 
 if __name__ == "__main__":

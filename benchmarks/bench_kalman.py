@@ -12,6 +12,7 @@ and pyro.distributions.GaussianHMM (float32), at (batch, T, dim_z, dim_a) =
 """
 
 import argparse
+import importlib.util
 import os
 import sys
 import time
@@ -151,9 +152,7 @@ def main(args):
                 fn = make(m, a, p)
                 cells.append("n/a" if fn is None else f"{timeit(fn, args.repeat, args.device):.1f} ms")
             print(f"| {task} | {size} | " + " | ".join(cells) + " |", flush=True)
-    try:  # the compiled anchor, when the optional bench extra is installed
-        import dynamax  # noqa: F401
-    except ImportError:
+    if importlib.util.find_spec("dynamax") is None:  # the compiled anchor, when the optional bench extra is installed
         print('\ndynamax is not installed (pip install -e ".[bench]"): no comparison with a compiled library')
         return
     import bench_dynamax
