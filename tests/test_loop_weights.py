@@ -104,9 +104,45 @@ def test_dynamics_step_is_the_torch_cell(cell, dtype):
     g_theirs = torch.autograd.grad(theirs.pow(2).sum(), params)
     for x, y in zip(g_ours, g_theirs):
         assert (x - y).abs().max() < 10 * tol * (1 + y.abs().max())
+    if cell == "lstm":  # a plain (h, c) state, as torch.lstm_cell takes, still works
+        zero = torch.zeros(2, 7)
+        alpha, (h, c) = dyn.step(dyn.a0.expand(2, 3), (zero, zero))
+        assert (alpha - ours[:, 0]).abs().max() < 1e-5 and h.shape == c.shape == (2, 7)
     with torch.no_grad():  # teacher forcing: the steps fed with a give forward(a)
         state, alphas = dyn.init_state((2,)), []
         for x in dyn.shifted(a).unbind(1):
             alpha, state = dyn.step(x, state)
             alphas.append(alpha)
         assert (torch.stack(alphas, 1) - dyn(a)).abs().max() < 1e-5
+
+
+def test_recursive_filter_takes_a_dynamics_network_of_ones_own():
+    """A network written to the documented interface, whose init_state takes no dtype (as in
+    tutorials/03_custom_guides.ipynb), still runs in KalmanPrior.filter, in the data's dtype: with every
+    step observed its alphas are its teacher-forced forward(a)."""
+    from torch import nn
+
+    from pyro_kvae.models import KalmanPrior
+    from pyro_kvae.nn import DynamicsNetwork
+
+    class Linear(DynamicsNetwork):
+        def __init__(self):
+            super().__init__(dim_a=2, K=3)
+            self.out = nn.Linear(2, 3)
+
+        def forward(self, a):
+            return torch.softmax(self.out(self.shifted(a)), -1)
+
+        def init_state(self, batch_shape):
+            return ()
+
+        def step(self, a_prev, state):
+            return torch.softmax(self.out(a_prev), -1), state
+
+    torch.manual_seed(0)
+    prior = KalmanPrior(Linear(), dim_z=4)
+    a = torch.randn(3, 6, 2)
+    r = prior.filter(a)
+    assert r.alpha.dtype == a.dtype and (r.alpha - prior.dynamics(a)).abs().max() < 1e-6
+    mask = torch.rand(3, 6, generator=torch.Generator().manual_seed(0)) > 0.4
+    assert torch.isfinite(prior.filter(a, mask).filtered.log_prob).all()

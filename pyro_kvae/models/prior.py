@@ -12,6 +12,7 @@ Because ``gamma_t`` depends only on ``a_{<t}``, ``log p(a)`` is exact: compute
 core (:class:`~pyro_kvae.distributions.LinearGaussianSSM`).
 """
 
+import inspect
 from typing import NamedTuple, Optional
 
 import torch
@@ -279,12 +280,15 @@ class KalmanPrior(PyroModule):
         if n == 2:
             observed = torch.cat([observed, observed.new_ones(()).expand(N, T, da, 1)], -2)
         a_cols = pad(_a_column(a, dz), (0, 0, 0, (n - 1) * da))  # [0 | a_t] over zeros
-        missing = (~mask).to(f64).unsqueeze(-1).unbind(1)
-        observed, a_cols, a_steps = observed.unbind(1), a_cols.unbind(1), a.unbind(1)
+        if "dtype" in inspect.signature(self.dynamics.init_state).parameters:  # (the package's networks)
+            step_dtype, state = f64, self.dynamics.init_state((N,), dtype=f64)  # no casts per step
+        else:  # a network of one's own whose init_state takes no dtype: its steps in the data's dtype
+            step_dtype, state = dtype, self.dynamics.init_state((N,))
+        missing = (~mask).to(step_dtype).unsqueeze(-1).unbind(1)
+        observed, a_cols, a_steps = observed.unbind(1), a_cols.unbind(1), a.to(step_dtype).unbind(1)
         M = _state(self.mu0.to(f64), self.Sigma0.to(f64)).repeat(n, 1).expand(N, n * d, d)
         L_R = torch.linalg.cholesky(R)
-        a_prev = self.dynamics.a0.to(f64).expand(N, da)
-        state = self.dynamics.init_state((N,), dtype=f64)  # the dynamics in float64 too: no casts per step
+        a_prev = self.dynamics.a0.to(step_dtype).expand(N, da)
         out = {k: [] for k in ("alpha", "a", "pred", "filt", "S", "D")}
         modes = LoopWeight(modes)  # used by every step: its gradient is formed once for all
         for t in range(T):
@@ -307,7 +311,7 @@ class KalmanPrior(PyroModule):
                 a_hat = (Ct[..., :dz] @ z_hat.unsqueeze(-1) + v).squeeze(-1)
             else:
                 a_hat = X[:, :da, dz]
-            a_prev = torch.addcmul(a_steps[t], a_hat, missing[t])  # a_t, or a_hat_t where missing
+            a_prev = torch.addcmul(a_steps[t], a_hat.to(step_dtype), missing[t])  # a_t, or a_hat_t where missing
             X = X * observed[t]  # a missing step observes nothing (in the first stream)
             S = torch.baddbmm(Rn, X, Ct.mT).view(N * n, da, da)  # C P C^T + R
             D = (X - a_cols[t]).view(N * n, da, d)  # [C P | C m - a]

@@ -104,12 +104,17 @@ class RNNDynamics(DynamicsNetwork):
             h = o * torch.tanh(c)
             hW, logits = W_h(h, t).split([4 * H, self.K], -1)
             state = _LSTMState(h, c, hW, state.weights, t + 1)
-        else:
+        else:  # a GRU's state h, or an LSTM's plain (h, c)
             rnn = self.rnn
-            h = state = torch.gru_cell(x.to(rnn.weight_ih_l0.dtype), state.to(rnn.weight_ih_l0.dtype),
-                                       rnn.weight_ih_l0, rnn.weight_hh_l0, rnn.bias_ih_l0, rnn.bias_hh_l0)  # fmt: skip
+            weights = (rnn.weight_ih_l0, rnn.weight_hh_l0, rnn.bias_ih_l0, rnn.bias_hh_l0)
+            x, cast = x.to(weights[0].dtype), lambda s: s.to(weights[0].dtype)  # noqa: E731
+            if isinstance(rnn, nn.LSTM):
+                h, c = torch.lstm_cell(x, tuple(map(cast, state)), *weights)
+                state = (h.to(a_prev.dtype), c.to(a_prev.dtype))
+            else:
+                h = torch.gru_cell(x, cast(state), *weights)
+                state = h.to(a_prev.dtype)
             logits = self.out(h).to(a_prev.dtype)
-            state = state.to(a_prev.dtype)
         return torch.softmax(logits, -1).reshape(a_prev.shape[:-1] + (self.K,)), state
 
 
