@@ -31,7 +31,6 @@ from ..ops.kalman import (
     condition,
     filter_means,
 )
-from ..ops.loop_weights import LoopWeight
 from ..ops.precision import full_precision
 
 
@@ -290,10 +289,9 @@ class KalmanPrior(PyroModule):
         L_R = torch.linalg.cholesky(R)
         a_prev = self.dynamics.a0.to(step_dtype).expand(N, da)
         out = {k: [] for k in ("alpha", "a", "pred", "filt", "S", "D")}
-        modes = LoopWeight(modes)  # used by every step: its gradient is formed once for all
         for t in range(T):
             alpha, state = self.dynamics.step(a_prev, state)
-            W = modes(alpha.to(f64), t, constant).split(sizes, -1)
+            W = torch.addmm(constant, alpha.to(f64), modes).split(sizes, -1)
             ArT, Ar, Cn, Ct = (
                 w.unflatten(-1, s) for w, s in zip(W, ((n * d, n * d), (d, d), (n * da, n * d), (da, d)))
             )

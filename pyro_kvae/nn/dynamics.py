@@ -19,8 +19,6 @@ import torch
 from pyro.nn import PyroModule, pyro_method
 from torch import nn
 
-from ..ops.loop_weights import LoopWeight
-
 
 class DynamicsNetwork(PyroModule):
     """Base class: holds ``K``, ``dim_a`` and the learned initial code ``a_0 (dim_a,)``.
@@ -81,8 +79,7 @@ class RNNDynamics(DynamicsNetwork):
         W_x = rnn.weight_ih_l0[order].mT.to(dtype)  # (dim_a, 4H)
         W_h = torch.cat([rnn.weight_hh_l0[order], self.out.weight]).mT.to(dtype)  # (H, 4H + K)
         b = torch.cat([(rnn.bias_ih_l0 + rnn.bias_hh_l0)[order], self.out.bias]).to(dtype)  # (4H + K,)
-        # weights of every step of a loop: their gradients are formed once for all steps
-        return _LSTMState(zero, zero, b[: 4 * H], (LoopWeight(W_x), LoopWeight(W_h, b)), 0)
+        return _LSTMState(zero, zero, b[: 4 * H], (W_x, W_h, b))
 
     def step(self, a_prev, state):
         """``a_prev (batch, dim_a)`` -> ``alpha_t (batch, K)``, new state.
@@ -96,14 +93,14 @@ class RNNDynamics(DynamicsNetwork):
             raise ValueError("state must come from init_state(batch_shape)")
         x = a_prev.reshape(-1, self.dim_a)
         if isinstance(state, _LSTMState):
-            (W_x, W_h), t = state.weights, state.t
-            H = W_x.weight.size(-1) // 4
-            sig, g = W_x(x, t, state.hW).split([3 * H, H], -1)
+            W_x, W_h, b = state.weights
+            H = W_x.size(-1) // 4
+            sig, g = torch.addmm(state.hW, x, W_x).split([3 * H, H], -1)
             i, f, o = torch.sigmoid(sig).chunk(3, -1)
             c = torch.addcmul(f * state.c, i, torch.tanh(g))
             h = o * torch.tanh(c)
-            hW, logits = W_h(h, t).split([4 * H, self.K], -1)
-            state = _LSTMState(h, c, hW, state.weights, t + 1)
+            hW, logits = torch.addmm(b, h, W_h).split([4 * H, self.K], -1)
+            state = _LSTMState(h, c, hW, state.weights)
         else:  # a GRU's state h, or an LSTM's plain (h, c)
             rnn = self.rnn
             weights = (rnn.weight_ih_l0, rnn.weight_hh_l0, rnn.bias_ih_l0, rnn.bias_hh_l0)
@@ -120,14 +117,13 @@ class RNNDynamics(DynamicsNetwork):
 
 class _LSTMState(NamedTuple):
     """The state of :meth:`RNNDynamics.step` with an LSTM: ``h``, ``c (batch, H)``, ``hW (batch or 1, 4H)``
-    (the next gates' recurrent part with their biases), the prepared ``weights`` (``W_x (dim_a, 4H)``, and
-    ``W_h (H, 4H + K)`` with the biases, as :class:`~pyro_kvae.ops.loop_weights.LoopWeight`) and the step ``t``."""
+    (the next gates' recurrent part with their biases) and the prepared ``weights``: ``W_x (dim_a, 4H)``,
+    ``W_h (H, 4H + K)`` (the recurrent and output layers') and their biases ``(4H + K,)``."""
 
     h: torch.Tensor
     c: torch.Tensor
     hW: torch.Tensor
     weights: tuple
-    t: int
 
 
 class LSTMDynamics(RNNDynamics):

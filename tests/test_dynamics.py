@@ -1,66 +1,12 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Weights shared by the steps of a loop (pyro_kvae.ops.loop_weights) and the LSTM step built on them."""
+"""Dynamics networks stepped one step at a time (the recursive filter's use) against torch's own cells."""
 
 import pytest
 import torch
 
 from pyro_kvae.nn import GRUDynamics, LSTMDynamics
-from pyro_kvae.ops.loop_weights import LoopWeight
 
 f64 = torch.float64
-
-
-def recurrent_loss(W, b, V, x0, C0, deferred, T=6):
-    """A recurrent loop whose steps use ``W`` and ``b`` (odd steps) or their own offset ``C0 t`` (even ones)."""
-    w = LoopWeight(W, b) if deferred else None
-    x, loss = x0, 0.0
-    for t in range(T):
-        if deferred:
-            y = w(x, t) if t % 2 else w(x, t, C0 * t)
-        else:
-            y = torch.addmm(b, x, W) if t % 2 else torch.addmm(C0 * t, x, W)
-        x = torch.tanh(y) @ V
-        loss = loss + x.pow(2).sum()
-    return loss
-
-
-def leaves(seed=0):
-    g = torch.Generator().manual_seed(seed)
-    shapes = [(3, 4), (4,), (4, 3), (5, 3), (4,)]  # W, b, V, x0, C0
-    return [torch.randn(*s, generator=g, dtype=f64, requires_grad=True) for s in shapes]
-
-
-def test_loop_weight_gradients_are_autograds():
-    """Values and gradients of every leaf against the same loop with torch.addmm, also through a graph
-    differentiated twice; gradcheck; plain values without a graph."""
-    p = leaves()
-    ref = torch.autograd.grad(recurrent_loss(*p, deferred=False), p)
-    for x, y in zip(torch.autograd.grad(recurrent_loss(*p, deferred=True), p), ref):
-        assert (x - y).abs().max() < 1e-12 * (1 + y.abs().max())
-    loss = recurrent_loss(*p, deferred=True)
-    twice = torch.autograd.grad(loss, p, retain_graph=True) + torch.autograd.grad(loss, p)
-    for x, y in zip(twice, ref + ref):
-        assert (x - y).abs().max() < 1e-12 * (1 + y.abs().max())
-    with torch.no_grad():
-        assert recurrent_loss(*p, deferred=True) == recurrent_loss(*p, deferred=False)
-    assert torch.autograd.gradcheck(lambda *q: recurrent_loss(*q, deferred=True, T=3), p)
-
-
-def test_loop_weight_refuses_a_silently_wrong_second_pass():
-    """A first pass that reaches the steps but not the weights, then one that reaches the weights: an error,
-    not a weight gradient counted twice."""
-    p = leaves()
-    loss = recurrent_loss(*p, deferred=True)
-    torch.autograd.grad(loss, p[3], retain_graph=True)  # x0 only
-    with pytest.raises(RuntimeError, match="second backward pass"):
-        torch.autograd.grad(loss, p[0])
-
-
-def test_loop_weight_checks_its_shapes():
-    with pytest.raises(ValueError, match=r"weight must have shape \(k, m\) and bias \(m,\)"):
-        LoopWeight(torch.zeros(3, 4), torch.zeros(3))
-    with pytest.raises(ValueError, match=r"weight must have shape \(k, m\)"):
-        LoopWeight(torch.zeros(2, 3, 4))
 
 
 @pytest.mark.parametrize("dtype", [None, f64])
