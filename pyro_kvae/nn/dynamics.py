@@ -104,12 +104,12 @@ class RNNDynamics(DynamicsNetwork):
         else:  # a GRU's state h, or an LSTM's plain (h, c)
             rnn = self.rnn
             weights = (rnn.weight_ih_l0, rnn.weight_hh_l0, rnn.bias_ih_l0, rnn.bias_hh_l0)
-            x, cast = x.to(weights[0].dtype), lambda s: s.to(weights[0].dtype)  # noqa: E731
+            x, dtype = x.to(weights[0].dtype), weights[0].dtype  # (the steps may run in another dtype)
             if isinstance(rnn, nn.LSTM):
-                h, c = torch.lstm_cell(x, tuple(map(cast, state)), *weights)
+                h, c = torch.lstm_cell(x, (state[0].to(dtype), state[1].to(dtype)), *weights)
                 state = (h.to(a_prev.dtype), c.to(a_prev.dtype))
             else:
-                h = torch.gru_cell(x, cast(state), *weights)
+                h = torch.gru_cell(x, state.to(dtype), *weights)
                 state = h.to(a_prev.dtype)
             logits = self.out(h).to(a_prev.dtype)
         return torch.softmax(logits, -1).reshape(a_prev.shape[:-1] + (self.K,)), state
