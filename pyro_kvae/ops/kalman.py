@@ -422,7 +422,6 @@ def filter_means(a, A, C, mu0, cov: CovariancePass, b=None, mask=None) -> Kalman
     ``p_{t+1} = F_t p_t + g_t`` with ``F_t = A_{t+1} (I - K_t C_t)`` and ``g_t = A_{t+1} K_t a_t + b_{t+1}``,
     and the log-likelihood terms from the whitened residuals ``L_t^{-1} (a_t - C_t p_t)``, ``S_t = L_t L_t^T``.
     """
-    T = a.size(-2)
     L = torch.linalg.cholesky_ex(cov.S).L
     V = torch.linalg.solve_triangular(L, C @ cov.pred_cov, upper=False)
     K = torch.linalg.solve_triangular(L.mT, V, upper=True).mT  # P C^T S^{-1} (..., T, dim_z, dim_a)
@@ -433,12 +432,7 @@ def filter_means(a, A, C, mu0, cov: CovariancePass, b=None, mask=None) -> Kalman
     g = _mv(A_next, Ka[..., :-1, :])
     if b is not None:
         g = g + b[..., 1:, :]
-    Fs, gs, mean = time_slices(F, T - 1, 2), g.unbind(-2), mu0
-    pms = [mean]
-    for t in range(T - 1):
-        mean = _affine(gs[t], Fs[t], mean)
-        pms.append(mean)
-    pm = torch.stack(_same_shape(pms), -2)
+    pm = affine_steps(F, g, mu0)
     step = _gaussian_log_prob(_whiten(L, a - _mv(C, pm)), L, mask)
     return KalmanFilterResult(pm, cov.pred_cov, _mv(I_KC, pm) + Ka, cov.filt_cov, step.sum(-1), step)
 
@@ -452,6 +446,73 @@ def _affine(g, F, m):
     if F.dim() == 3 and m.dim() == 2 and F.size(0) == m.size(0):
         return torch.baddbmm(g.unsqueeze(-1), F, m.unsqueeze(-1)).squeeze(-1)
     return g + _mv(F, m)
+
+
+def affine_steps(F, g, m0, reverse: bool = False):
+    """
+    The means of a linear recursion with known gains, ``m_{k+1} = F_k m_k + g_k`` from ``m_0 = m0`` (or with
+    ``reverse``, ``m_k = F_k m_{k+1} + g_k`` back from ``m_{T-1} = m0``): the mean half of a filter, of an RTS
+    smoother or of backward sampling.
+
+    :param torch.Tensor F: ``(..., T-1 or 1, n, n)`` (a time dim of 1: the same map at every step).
+    :param torch.Tensor g: ``(..., T-1, n)``.
+    :param torch.Tensor m0: ``(..., n)``.
+    :returns: ``(..., T, n)``, all ``m_k`` in time order, at the broadcast batch shape.
+
+    With a graph it is one autograd node, :class:`_AffineSteps`, whose backward is the adjoint recursion
+    ``lambda_k = G_k + F_k^T lambda_{k+1}``, one operation per step where autograd records three (two products
+    and a sum), with the gradients of ``F`` and ``g`` formed for all steps at once after it.
+    """
+    batch = torch.broadcast_shapes(F.shape[:-3], g.shape[:-2], m0.shape[:-1])
+    g, m0 = g.expand(batch + g.shape[-2:]), m0.expand(batch + m0.shape[-1:])
+    if torch.is_grad_enabled() and any(x.requires_grad for x in (F, g, m0)):
+        return _AffineSteps.apply(F, g, m0, reverse)
+    return _affine_loop(F, g, m0, reverse)
+
+
+def _affine_loop(F, g, m0, reverse):
+    """The loop of :func:`affine_steps` (``g`` and ``m0`` at the full batch shape)."""
+    n_steps = g.size(-2)
+    Fs, gs, m = time_slices(F, n_steps, 2), g.unbind(-2), m0
+    ms = [m]
+    for k in range(n_steps - 1, -1, -1) if reverse else range(n_steps):
+        m = _affine(gs[k], Fs[k], m)
+        ms.append(m)
+    return torch.stack(ms[::-1] if reverse else ms, -2)
+
+
+class _AffineSteps(torch.autograd.Function):
+    """:func:`affine_steps` as one autograd node (see there)."""
+
+    @staticmethod
+    def forward(ctx, F, g, m0, reverse):
+        m = _affine_loop(F, g, m0, reverse)
+        ctx.save_for_backward(F, m)
+        ctx.reverse = reverse
+        return m
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, G):
+        F, m = ctx.saved_tensors
+        reverse, n_steps = ctx.reverse, m.size(-2) - 1
+        FTs, Gs = time_slices(F.mT, n_steps, 2), G.unbind(-2)
+        lam = Gs[0] if reverse else Gs[-1]  # the gradient reaching the step that no other one feeds
+        lams = [lam]
+        for k in range(n_steps) if reverse else range(n_steps - 1, -1, -1):
+            lam = _affine(Gs[k + 1] if reverse else Gs[k], FTs[k], lam)  # lambda_src = G_src + F_k^T lambda_dst
+            lams.append(lam)
+        lam = torch.stack(lams if reverse else lams[::-1], -2)  # in time order
+        dst, src = (lam[..., :-1, :], m[..., 1:, :]) if reverse else (lam[..., 1:, :], m[..., :-1, :])
+        dF = None
+        if ctx.needs_input_grad[0]:
+            if F.dim() == 3:  # one F for every sequence: the batch sum inside one product per step
+                dF = torch.einsum("...tn,...tk->tnk", dst, src)
+            else:
+                dF = dst.unsqueeze(-1) * src.unsqueeze(-2)
+            dF = (dF if F.size(-3) > 1 else dF.sum(-3, keepdim=True)).sum_to_size(F.shape)
+        dm0 = lam[..., -1, :] if reverse else lam[..., 0, :]
+        return dF, dst, dm0, None
 
 
 def _same_shape(xs):
@@ -541,14 +602,12 @@ def rts_smoother(filtered: KalmanFilterResult, A):
     if T == 1:
         return filtered.filt_mean, filtered.filt_cov
     J, c, D = _backward_terms(filtered, A)
-    Js, cs, Ds = J.unbind(-3), c.unbind(-2), D.unbind(-3)
-    means, covs = [mean], [cov]
+    Js, JTs, Ds = J.unbind(-3), J.mT.unbind(-3), D.unbind(-3)
+    covs = [cov]
     for t in range(T - 2, -1, -1):
-        mean = _affine(cs[t], Js[t], mean)
-        cov = _sym(_baddmm(Ds[t], Js[t] @ cov, Js[t].mT))
-        means.append(mean)
+        cov = _sym(_baddmm(Ds[t], Js[t] @ cov, JTs[t]))
         covs.append(cov)
-    return torch.stack(_same_shape(means[::-1]), -2), torch.stack(_same_shape(covs[::-1]), -3)
+    return affine_steps(J, c, mean, reverse=True), torch.stack(_same_shape(covs[::-1]), -3)
 
 
 def backward_sample(filtered: KalmanFilterResult, A, noise):
@@ -572,11 +631,7 @@ def backward_sample(filtered: KalmanFilterResult, A, noise):
         return z.unsqueeze(-2)
     J, c, D = _backward_terms(filtered, A)
     offsets = c + _mv(torch.linalg.cholesky(D), noise[..., :-1, :])  # (..., T-1, dim_z)
-    Js, offs = J.unbind(-3), offsets.unbind(-2)
-    zs = [z]
-    for t in range(T - 2, -1, -1):
-        zs.append(_affine(offs[t], Js[t], zs[-1]))
-    return torch.stack(_same_shape(zs[::-1]), -2)
+    return affine_steps(J, offsets, z, reverse=True)
 
 
 def kalman_smoother(a, A, C, Q, R, mu0, Sigma0, b=None, mask=None):
