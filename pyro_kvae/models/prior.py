@@ -283,14 +283,21 @@ class KalmanPrior(PyroModule):
             step_dtype, state = f64, self.dynamics.init_state((N,), dtype=f64)  # no casts per step
         else:  # a network of one's own whose init_state takes no dtype: its steps in the data's dtype
             step_dtype, state = dtype, self.dynamics.init_state((N,))
-        missing = (~mask).to(step_dtype).unsqueeze(-1).unbind(1)
-        observed, a_cols, a_steps = observed.unbind(1), a_cols.unbind(1), a.to(step_dtype).unbind(1)
+        missing = (~mask).to(f64)
+        if sample:
+            missing = missing.unsqueeze(-1).unbind(1)
+        else:  # a_hat_t = C_t m_t, the last column of X's first rows, where a_t is missing: picked out of X by one
+            # product per step with 0/1 weights (slicing X would record two zero-filled copies in its gradient)
+            pick = torch.zeros(n * da, d, da, dtype=f64, device=dev)
+            pick[torch.arange(da), dz, torch.arange(da)] = 1.0
+            picks = (pick.flatten(0, 1) * missing[..., None, None]).unbind(1)  # T x (N, n da d, da)
+        observed, a_cols, a_steps = observed.unbind(1), a_cols.unbind(1), a.unbind(1)
         M = _state(self.mu0.to(f64), self.Sigma0.to(f64)).repeat(n, 1).expand(N, n * d, d)
         L_R = torch.linalg.cholesky(R)
-        a_prev = self.dynamics.a0.to(step_dtype).expand(N, da)
+        a_prev = self.dynamics.a0.to(f64).expand(N, da)
         out = {k: [] for k in ("alpha", "a", "pred", "filt", "S", "D")}
         for t in range(T):
-            alpha, state = self.dynamics.step(a_prev, state)
+            alpha, state = self.dynamics.step(a_prev.to(step_dtype), state)
             W = torch.addmm(constant, alpha.to(f64), modes).split(sizes, -1)
             ArT, Ar, Cn, Ct = (
                 w.unflatten(-1, s) for w, s in zip(W, ((n * d, n * d), (d, d), (n * da, n * d), (da, d)))
@@ -307,9 +314,9 @@ class KalmanPrior(PyroModule):
                 z_hat = pred[:, :dz, dz] + (L @ torch.randn_like(pred[:, :dz, dz]).unsqueeze(-1)).squeeze(-1)
                 v = L_R @ torch.randn(N, da, 1, dtype=f64, device=dev)
                 a_hat = (Ct[..., :dz] @ z_hat.unsqueeze(-1) + v).squeeze(-1)
+                a_prev = torch.addcmul(a_steps[t], a_hat, missing[t])  # a_t, or a_hat_t where missing
             else:
-                a_hat = X[:, :da, dz]
-            a_prev = torch.addcmul(a_steps[t], a_hat.to(step_dtype), missing[t])  # a_t, or a_hat_t where missing
+                a_prev = torch.baddbmm(a_steps[t].unsqueeze(1), X.view(N, 1, -1), picks[t]).view(N, da)
             X = X * observed[t]  # a missing step observes nothing (in the first stream)
             S = torch.baddbmm(Rn, X, Ct.mT).view(N * n, da, da)  # C P C^T + R
             D = (X - a_cols[t]).view(N * n, da, d)  # [C P | C m - a]

@@ -97,7 +97,7 @@ class RNNDynamics(DynamicsNetwork):
             H = W_x.size(-1) // 4
             sig, g = torch.addmm(state.hW, x, W_x).split([3 * H, H], -1)
             i, f, o = torch.sigmoid(sig).chunk(3, -1)
-            c = torch.addcmul(f * state.c, i, torch.tanh(g))
+            c = f * state.c + i * torch.tanh(g)  # (an addcmul's gradient casts its scalar factor twice more)
             h = o * torch.tanh(c)
             hW, logits = torch.addmm(b, h, W_h).split([4 * H, self.K], -1)
             state = _LSTMState(h, c, hW, state.weights)
