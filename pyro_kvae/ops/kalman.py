@@ -553,13 +553,14 @@ def kalman_filter(a, A, C, Q, R, mu0, Sigma0, b=None, mask=None) -> KalmanFilter
     )
 
 
-def smoother_gain(filt_cov, pred_cov_next, A_next):
+def smoother_gain(filt_cov, pred_cov_next, A_next, AF=None):
     """
     ``J_t = F_t A_{t+1}^T P_{t+1}^{-1}`` from the filtered covariance ``F_t (..., dim_z, dim_z)``,
-    the next prediction's covariance ``P_{t+1}`` and ``A_{t+1}``, all ``(..., dim_z, dim_z)``.
+    the next prediction's covariance ``P_{t+1}`` and ``A_{t+1}``, all ``(..., dim_z, dim_z)``
+    (``AF``: ``A_{t+1} F_t`` where the caller has it).
     """
     L = torch.linalg.cholesky_ex(pred_cov_next).L
-    return torch.cholesky_solve(A_next @ filt_cov, L).mT
+    return torch.cholesky_solve(A_next @ filt_cov if AF is None else AF, L).mT
 
 
 def backward_conditional(filt_mean, filt_cov, pred_mean_next, pred_cov_next, A_next, z_next):
@@ -581,9 +582,10 @@ def _backward_terms(filtered: KalmanFilterResult, A):
     fm, fc, pm, pc = filtered.filt_mean, filtered.filt_cov, filtered.pred_mean, filtered.pred_cov
     A_next = A[..., 1:, :, :] if A.size(-3) > 1 else A
     F, P_next = fc[..., :-1, :, :], pc[..., 1:, :, :]
-    J = smoother_gain(F, P_next, A_next.to(fc.dtype))
+    AF = A_next.to(fc.dtype) @ F
+    J = smoother_gain(F, P_next, A_next, AF)
     c = fm[..., :-1, :] - _mv(J, pm[..., 1:, :])
-    D = _sym(F - J @ P_next @ J.mT)
+    D = _sym(F - J @ AF)  # F_t - J_t P_{t+1} J_t^T, with J_t P_{t+1} = F_t A_{t+1}^T
     return J, c, D
 
 
