@@ -114,6 +114,67 @@ def test_recursive_filter_with_missing_feeds_predicted_means():
         assert (r.filtered.filt_mean[i] - ref[3]).abs().max() < 1e-8
 
 
+@pytest.mark.parametrize("observed_covariances", [False, True])
+def test_recursive_filter_gradients_match_a_plain_loop(observed_covariances):
+    """KalmanPrior.filter with missing steps against a plain step-by-step loop written here (torch.lstm_cell
+    with the LSTM's weights, textbook predict and update with explicit inverses, a_hat_t = C_t m_t fed to the
+    network where a_t is missing): log p(a_obs), the filtered means, the completed a and alpha, and the
+    gradients of a loss of all of them with respect to a and every parameter of the prior."""
+    prior = tiny_kvae("lstm").prior
+    T, N, f64 = 6, 3, torch.float64
+    g = torch.Generator().manual_seed(3)
+    a = torch.randn(N, T, 2, generator=g, dtype=f64, requires_grad=True)
+    mask = torch.tensor([[1, 1, 0, 0, 1, 0], [1, 0, 1, 1, 0, 1], [0, 1, 1, 0, 0, 1]], dtype=torch.bool)
+    loss_weights = [torch.randn(N, T, k, generator=g, dtype=f64) for k in (4, 2, 3)]
+
+    def loss(log_prob, filt_mean, a_completed, alpha):
+        parts = (filt_mean, a_completed, alpha)
+        return log_prob.sum() + sum((x * w).sum() for x, w in zip(parts, loss_weights))
+
+    def reference():
+        rnn = prior.dynamics.rnn
+        cell_weights = (rnn.weight_ih_l0, rnn.weight_hh_l0, rnn.bias_ih_l0, rnn.bias_hh_l0)
+        Q, R, eye = prior.Q, prior.R, torch.eye(prior.dim_z, dtype=f64)
+        lps, means, completed, alphas = [], [], [], []
+        for i in range(N):
+            h = c = torch.zeros(1, rnn.hidden_size, dtype=f64)
+            a_prev, m, P, lp = prior.dynamics.a0, prior.mu0, prior.Sigma0, 0.0
+            for t in range(T):
+                h, c = torch.lstm_cell(a_prev.unsqueeze(0), (h, c), *cell_weights)
+                alpha = torch.softmax(prior.dynamics.out(h)[0], -1)
+                A, _, C = prior.mix(alpha)
+                if t > 0:
+                    m, P = A @ m, A @ P @ A.T + Q
+                if mask[i, t]:
+                    S = C @ P @ C.T + R
+                    r = a[i, t] - C @ m
+                    lp = lp + dist.MultivariateNormal(torch.zeros(2, dtype=f64), S).log_prob(r)
+                    K = P @ C.T @ torch.linalg.inv(S)
+                    a_prev, m, P = a[i, t], m + K @ r, (eye - K @ C) @ P
+                else:
+                    a_prev = C @ m
+                means.append(m)
+                completed.append(a_prev)
+                alphas.append(alpha)
+            lps.append(lp)
+        return torch.stack(lps), *(torch.stack(x).reshape(N, T, -1) for x in (means, completed, alphas))
+
+    params = [a] + list(prior.parameters())
+    r = prior.filter(a, mask, observed_covariances=observed_covariances)
+    ours = (r.filtered.log_prob, r.filtered.filt_mean, r.a, r.alpha)
+    ref = reference()
+    for x, y in zip(ours, ref):
+        assert x.shape == y.shape and (x - y).abs().max() < 1e-9 * (1 + y.abs().max())
+    grads = torch.autograd.grad(loss(*ours), params, allow_unused=True)
+    ref_grads = torch.autograd.grad(loss(*ref), params, allow_unused=True)
+    assert ref_grads[0] is not None and ref_grads[0][~mask].abs().max() == 0  # missing a_t: never read
+    for x, y in zip(grads, ref_grads):
+        if y is None:
+            assert x is None or x.abs().max() == 0
+        else:
+            assert x is not None and (x - y).abs().max() < 1e-8 * (1 + y.abs().max())
+
+
 def test_encoder_smoother_posterior_density_is_exact_conditional():
     kvae = tiny_kvae("fixed", K=1)
     prior = kvae.prior
