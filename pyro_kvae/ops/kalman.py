@@ -33,6 +33,9 @@ launch):
 * when the parameters are shared by sequences (e.g. one time-invariant model), the
   covariances, gains and Cholesky factors are computed once for all, and the means
   follow by one affine map per step;
+* with a graph, the covariance pass and the mean recursions (filter, smoother, backward
+  sampling) are each one autograd node whose backward is its adjoint recursion, one or a few
+  operations per step, with the parameters' gradients formed for all steps after the loop;
 * log-likelihood terms, smoother gains and backward-sampling noise are computed for
   all steps at once, outside the loop.
 
@@ -582,7 +585,8 @@ def _backward_terms(filtered: KalmanFilterResult, A):
     fm, fc, pm, pc = filtered.filt_mean, filtered.filt_cov, filtered.pred_mean, filtered.pred_cov
     A_next = A[..., 1:, :, :] if A.size(-3) > 1 else A
     F, P_next = fc[..., :-1, :, :], pc[..., 1:, :, :]
-    AF = A_next.to(fc.dtype) @ F
+    A_next = A_next.to(fc.dtype)
+    AF = A_next @ F
     J = smoother_gain(F, P_next, A_next, AF)
     c = fm[..., :-1, :] - _mv(J, pm[..., 1:, :])
     D = _sym(F - J @ AF)  # F_t - J_t P_{t+1} J_t^T, with J_t P_{t+1} = F_t A_{t+1}^T
