@@ -278,7 +278,7 @@ class KalmanPrior(PyroModule):
         observed = mask.to(f64)[..., None, None].expand(N, T, da, 1)
         if n == 2:
             observed = torch.cat([observed, observed.new_ones(()).expand(N, T, da, 1)], -2)
-        a_cols = pad(_a_column(a, dz), (0, 0, 0, (n - 1) * da))  # [0 | a_t] over zeros
+        a_cols = pad(-_a_column(a, dz), (0, 0, 0, (n - 1) * da))  # [0 | -a_t] over zeros
         if "dtype" in inspect.signature(self.dynamics.init_state).parameters:  # (the package's networks)
             step_dtype, state = f64, self.dynamics.init_state((N,), dtype=f64)  # no casts per step
         else:  # a network of one's own whose init_state takes no dtype: its steps in the data's dtype
@@ -317,9 +317,9 @@ class KalmanPrior(PyroModule):
                 a_prev = torch.addcmul(a_steps[t], a_hat, missing[t])  # a_t, or a_hat_t where missing
             else:
                 a_prev = torch.baddbmm(a_steps[t].unsqueeze(1), X.view(N, 1, -1), picks[t]).view(N, da)
-            X = X * observed[t]  # a missing step observes nothing (in the first stream)
-            S = torch.baddbmm(Rn, X, Ct.mT).view(N * n, da, da)  # C P C^T + R
-            D = (X - a_cols[t]).view(N * n, da, d)  # [C P | C m - a]
+            D = torch.addcmul(a_cols[t], X, observed[t])  # [C P | C m - a]; a missing step observes nothing
+            S = torch.baddbmm(Rn, D, Ct.mT).view(N * n, da, da)  # C P C^T + R ([C | 0]: C m - a drops out)
+            D = D.view(N * n, da, d)
             F = condition(M.reshape(N * n, d, d), D, S)
             M = F.view(N, n * d, d)
             for k, v in zip(out, (alpha, a_prev, pred, F, S, D)):  # each as it enters or leaves an operation

@@ -266,14 +266,14 @@ def filter_steps(a, A, C, Q, R, mu0, Sigma0, b=None, mask=None):
         return filter_means(a, A, C, mu0, covariance_steps(A, C, Q, R, Sigma0, T), b, mask)
     Ar, Qb = _transition_blocks(A, Q, b)
     Ct = torch.nn.functional.pad(C, (0, 1))  # [C | 0]
-    Ars, Qbs, Cts, a_cols = (time_slices(x, T, 2) for x in (Ar, Qb, Ct, _a_column(a, dz)))
+    Ars, Qbs, Cts, a_cols = (time_slices(x, T, 2) for x in (Ar, Qb, Ct, -_a_column(a, dz)))
     M = _state(mu0, Sigma0)  # [[P, m], [m^T, s]]: one product per step serves covariance and mean
     preds, filts, Ss, Ds = [], [], [], []
     for t in range(T):
         if t:
             M = _sym(_baddmm(Qbs[t], Ars[t].mT @ M, Ars[t]))
-        X = Cts[t] @ M  # [C P | C m]
-        S, D = _baddmm(R, X, Cts[t].mT), X - a_cols[t]
+        D = _baddmm(a_cols[t], Cts[t], M)  # [C P | C m - a]
+        S = _baddmm(R, D, Cts[t].mT)  # C P C^T + R: the last row of [C | 0]^T is zero, so C m - a drops out
         for out, x in ((preds, M), (Ss, S), (Ds, D)):
             out.append(x)
         M = condition(M, D, S)
