@@ -5,7 +5,7 @@ Training speed of the default KVAE (paper settings) on the bouncing-ball set.
 Where the time of one training step goes (forward + backward for one batch of
 32 sequences x 20 frames, each part timed alone, with its share of the step and
 its FLOP rate), and the epoch time against the matmul roofline of its FLOPs (a
-2048 x 2048 float32 product timed in the same run)::
+2048 x 2048 float32 product, timed in alternation with ``--batches`` training steps)::
 
     python benchmarks/bench_training.py [--data data/box.npz] [--batches 20] [--device cpu]
 
@@ -41,8 +41,9 @@ from pyro_kvae.data import VideoDataset  # noqa: E402
 from pyro_kvae.train import Trainer  # noqa: E402
 
 
-def timed(fn, device, repeat=5):
-    fn()
+def timed(fn, device, repeat=5, warm=True):
+    if warm:
+        fn()
     if device.type == "cuda":
         torch.cuda.synchronize()
     start = time.perf_counter()
@@ -78,7 +79,7 @@ def components(args, data):
     }
     peak = matmul_gflops(device)
     print(f"torch {torch.__version__}, {device}, {torch.get_num_threads()} threads, batch {config.batch_size} x T 20, "
-          f"{config.conv_filters} filters; float32 matmul 2048 x 2048: {peak:.0f} GFLOPS (the roofline)")  # fmt: skip
+          f"{config.conv_filters} filters; float32 matmul 2048 x 2048 at the start: {peak:.0f} GFLOPS")  # fmt: skip
     print("| part (forward + backward) | ms | share of the step | GFLOP | GFLOPS |")
     print("|---|---|---|---|---|")
     full = None
@@ -86,17 +87,23 @@ def components(args, data):
         ms, gflop = timed(fn, device), flops(fn) / 1e9
         full = full or ms
         print(f"| {name} | {ms:.1f} | {100 * ms / full:.0f} % | {gflop:.2f} | {gflop / ms * 1e3:.0f} |")
-    n = len(data) // config.batch_size
-    ms = timed(lambda: (step(), optimizer.step()), device, repeat=args.batches)
-    roofline = flops(step) * n / (peak * 1e9)
+    n, step_flops = len(data) // config.batch_size, flops(step)
+    # the step (+ Adam) and the matmul in alternation, one of each per round, so that both see the same load
+    # (this machine's matmul alone measured 110 to 160 GFLOPS in runs minutes apart)
+    rounds = [(timed(lambda: (step(), optimizer.step()), device, repeat=1, warm=False), matmul_gflops(device, repeat=3))
+              for _ in range(args.batches)]  # fmt: skip
+    ms, gflops = (statistics.median(x) for x in zip(*rounds))
+    ratio = statistics.median(m * 1e-3 * g * 1e9 / step_flops for m, g in rounds)  # epoch time / roofline time
+    roofline = step_flops * n / gflops / 1e9
     print(f"epoch of {n} batches of {config.batch_size} (step + Adam {ms:.0f} ms): {ms * n / 1e3:.1f} s; the matmul "
-          f"roofline of its FLOPs: {roofline:.1f} s; ratio {ms * n / 1e3 / roofline:.2f}x")  # fmt: skip
+          f"roofline of its FLOPs ({gflops:.0f} GFLOPS, median of the same rounds): {roofline:.1f} s; "
+          f"ratio {ratio:.2f}x (median of {args.batches} alternating rounds)")  # fmt: skip
 
 
-def matmul_gflops(device, n=2048):
+def matmul_gflops(device, n=2048, repeat=10):
     """Float32 GFLOPS of an ``n x n`` matrix product on ``device`` with the threads torch has now."""
     a, b = (torch.randn(n, n, device=device) for _ in range(2))
-    return 2 * n**3 / timed(lambda: a @ b, device, repeat=10) / 1e6
+    return 2 * n**3 / timed(lambda: a @ b, device, repeat=repeat) / 1e6
 
 
 def flops(fn) -> int:
