@@ -25,8 +25,8 @@ from ..nn.dynamics import DynamicsNetwork
 from ..ops.kalman import (
     CovariancePass,
     KalmanFilterResult,
-    _a_column,
     _innovation_log_prob,
+    _minus_a_column,
     _state,
     condition,
     filter_means,
@@ -278,7 +278,7 @@ class KalmanPrior(PyroModule):
         observed = mask.to(f64)[..., None, None].expand(N, T, da, 1)
         if n == 2:
             observed = torch.cat([observed, observed.new_ones(()).expand(N, T, da, 1)], -2)
-        a_cols = pad(-_a_column(a, dz), (0, 0, 0, (n - 1) * da))  # [0 | -a_t] over zeros
+        a_cols = pad(_minus_a_column(a, dz), (0, 0, 0, (n - 1) * da))  # [0 | -a_t] over zeros
         if "dtype" in inspect.signature(self.dynamics.init_state).parameters:  # (the package's networks)
             step_dtype, state = f64, self.dynamics.init_state((N,), dtype=f64)  # no casts per step
         else:  # a network of one's own whose init_state takes no dtype: its steps in the data's dtype

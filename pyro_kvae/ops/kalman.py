@@ -182,9 +182,10 @@ def _state(mean, cov):
     return torch.cat([top, torch.nn.functional.pad(column.mT, (0, 1))], -2)
 
 
-def _a_column(a, dim_z):
-    """``[0 | a] (..., dim_a, dim_z + 1)`` for ``a (..., dim_a)``: the data in the mean's column."""
-    return torch.cat([a.new_zeros(a.shape + (dim_z,)), a.unsqueeze(-1)], -1)
+def _minus_a_column(a, dim_z):
+    """``[0 | -a] (..., dim_a, dim_z + 1)`` for ``a (..., dim_a)``: the data in the mean's column, so that
+    ``[C | 0] M + [0 | -a] = [C P | C m - a]`` is one product with an offset."""
+    return torch.cat([a.new_zeros(a.shape + (dim_z,)), -a.unsqueeze(-1)], -1)
 
 
 def _update(mean, cov, a, C, R):
@@ -266,7 +267,7 @@ def filter_steps(a, A, C, Q, R, mu0, Sigma0, b=None, mask=None):
         return filter_means(a, A, C, mu0, covariance_steps(A, C, Q, R, Sigma0, T), b, mask)
     Ar, Qb = _transition_blocks(A, Q, b)
     Ct = torch.nn.functional.pad(C, (0, 1))  # [C | 0]
-    Ars, Qbs, Cts, a_cols = (time_slices(x, T, 2) for x in (Ar, Qb, Ct, -_a_column(a, dz)))
+    Ars, Qbs, Cts, a_cols = (time_slices(x, T, 2) for x in (Ar, Qb, Ct, _minus_a_column(a, dz)))
     M = _state(mu0, Sigma0)  # [[P, m], [m^T, s]]: one product per step serves covariance and mean
     preds, filts, Ss, Ds = [], [], [], []
     for t in range(T):
