@@ -144,6 +144,7 @@ def train_rnn_baseline(
     desc: str = "baseline",
     lr_rnn: float = 3e-3,
     free_running: bool = False,
+    patience: Optional[int] = None,
 ) -> dict:
     """
     Trains ``model`` on videos ``x (N, T, *frame_shape)`` in two stages (paper section 5.1):
@@ -159,7 +160,9 @@ def train_rnn_baseline(
 
     With ``valid (N', T, *frame_shape)`` each stage keeps the weights of its best epoch on it
     (stage 1: reconstruction error; stage 2: imputation error with frames dropped with
-    probability 0.5 after the first 4, fixed masks).
+    probability 0.5 after the first 4, fixed masks). With ``patience`` a stage also ends once
+    its validation error has not improved for ``patience`` epochs (early stopping; the epochs
+    are then at most ``epochs_ae`` / ``epochs_rnn``).
     With ``checkpoint`` (a path) the state is written atomically after every epoch and an
     interrupted run continues from it.
 
@@ -171,19 +174,21 @@ def train_rnn_baseline(
 
     if epochs_ae < 1 or epochs_rnn < 1:
         raise ValueError(f"epochs_ae and epochs_rnn must be at least 1, got {epochs_ae} and {epochs_rnn}")
+    if patience is not None and (isinstance(patience, bool) or not isinstance(patience, int) or patience < 1):
+        raise ValueError(f"patience must be a positive int (epochs without improvement) or None, got {patience!r}")
     device = torch.device(device or "cpu")
     model.to(device)
     g = torch.Generator().manual_seed(seed)
     ae_params = list(model.encoder.parameters()) + list(model.decoder.parameters())
     rnn_params = list(model.lstm.parameters()) + list(model.head.parameters()) + [model.a0]
-    state = {"stage": "ae", "epoch": 0, "history": [], "best": None, "best_score": math.inf}
+    state = {"stage": "ae", "epoch": 0, "history": [], "best": None, "best_score": math.inf, "best_epoch": 0}
     optimizers = {"ae": torch.optim.Adam(ae_params, lr=lr), "rnn": torch.optim.Adam(rnn_params, lr=lr_rnn)}
     if checkpoint is not None and os.path.exists(checkpoint):
         saved = load_checkpoint(checkpoint, keys=("model", "optimizers", "state", "rng"))
         model.load_state_dict(saved["model"])
         for k, opt in optimizers.items():
             opt.load_state_dict(saved["optimizers"][k])
-        state = saved["state"]
+        state = {"best_epoch": 0, **saved["state"]}
         g.set_state(saved["rng"][0])
         torch.set_rng_state(saved["rng"][1])  # the VAE's noise
     if checkpoint is not None:
@@ -240,12 +245,15 @@ def train_rnn_baseline(
             }
             state["history"].append({k: (None if v == math.inf else v) for k, v in row.items()})
             if valid is not None and s <= state["best_score"]:
-                state["best_score"] = s
+                state["best_score"], state["best_epoch"] = s, state["epoch"]
                 state["best"] = {k: v.detach().clone() for k, v in model.state_dict().items()}
-            if state["epoch"] == epochs[stage]:  # the stage is done: keep its best weights, go on
+            stalled = patience is not None and valid is not None and state["epoch"] - state["best_epoch"] >= patience
+            if state["epoch"] == epochs[stage] or stalled:  # the stage is done: keep its best weights, go on
+                state[f"{stage}_epochs"] = state["epoch"]
                 if state["best"] is not None:
                     model.load_state_dict(state["best"])
-                state.update(stage="rnn" if stage == "ae" else "done", epoch=0, best=None, best_score=math.inf)
+                state.update(stage="rnn" if stage == "ae" else "done", epoch=0, best=None, best_score=math.inf,
+                             best_epoch=0)  # fmt: skip
                 state[f"{stage}_valid_error"] = None if s == math.inf else score(stage)
             if checkpoint is not None:
                 atomic_save({"model": model.state_dict(), "optimizers": {k: o.state_dict() for k, o in
@@ -260,6 +268,7 @@ def train_rnn_baseline(
         "history": state["history"],
         "reconstruction_error_valid": float("nan") if kept["ae"] is None else kept["ae"],
         "imputation_error_valid": float("nan") if kept["rnn"] is None else kept["rnn"],
+        "epochs": {k: state.get(f"{k}_epochs") for k in ("ae", "rnn")},
     }
 
 
@@ -489,7 +498,7 @@ def train_sequence_model(
         saved = load_checkpoint(checkpoint, keys=("model", "optimizer", "state", "rng"))
         model.load_state_dict(saved["model"])
         opt.load_state_dict(saved["optimizer"])
-        state = saved["state"]
+        state = {"best_epoch": 0, **saved["state"]}
         g.set_state(saved["rng"][0])
         torch.set_rng_state(saved["rng"][1])  # Pyro's samples
     if checkpoint is not None:

@@ -471,6 +471,8 @@ class Trainer:
                 trainer.fit(self.plan, ckpt_path=ckpt_path)
         finally:
             self.model.check_frames = True
+            # Lightning's teardown leaves the module on the CPU; the trained model stays on its device
+            self.plan.to(self.device)
         self._lightning = trainer
         self.model.scale_reconstruction = 1.0
         return self.history
@@ -527,19 +529,29 @@ _QUIET = (
 )
 
 
+class _NoAdvert(logging.Filter):
+    """Drops Lightning's advertisement for its cloud logger, printed on every run."""
+
+    def filter(self, record):
+        return "litlogger" not in record.getMessage()
+
+
 @contextlib.contextmanager
 def _lightning_info(show: bool):
-    """Lightning's INFO lines (devices found, tips) only when progress is shown."""
+    """Lightning's INFO lines (devices found) only when progress is shown, and never its adverts."""
     loggers = [logging.getLogger(n) for n in ("lightning.pytorch", "lightning.pytorch.utilities.rank_zero")]
     levels = [logger.level for logger in loggers]
-    if not show:
-        for logger in loggers:
+    advert = _NoAdvert()
+    for logger in loggers:
+        logger.addFilter(advert)
+        if not show:
             logger.setLevel(logging.WARNING)
     try:
         yield
     finally:
         for logger, level in zip(loggers, levels):
             logger.setLevel(level)
+            logger.removeFilter(advert)
 
 
 def _has_tensorboard() -> bool:

@@ -4,12 +4,20 @@ Generate a dataset file::
 
     python -m pyro_kvae.data box --out data/box.npz
     python -m pyro_kvae.data pendulum --out data/pendulum.npz --sizes 500 500 500
+    python -m pyro_kvae.data box --authors datasets/authors --out data/authors_box.npz
+
+With ``--authors FOLDER`` the dataset is built from the KVAE authors' files
+``FOLDER/<env>_train.npz`` and ``FOLDER/<env>_test.npz`` instead of simulated:
+frames binarised as the authors do (``images > 0``), the 1000 test videos kept
+whole and their first ``--n-valid`` (default 500) also used as the validation
+split (for the baselines' choice of epoch), all 5000 training videos for training.
 """
 
 import argparse
+import os
 import time
 
-from .datasets import generate, save
+from .datasets import from_videos, generate, save
 from .environments import ENVIRONMENTS
 
 
@@ -28,7 +36,22 @@ def main(argv=None):
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--T", type=int, help="sequence length (default: the environment's)")
+    parser.add_argument("--authors", metavar="FOLDER", help="build from the authors' <env>_{train,test}.npz in FOLDER")
+    parser.add_argument("--n-valid", type=int, default=500, help="with --authors: test videos also used for validation")
     args = parser.parse_args(argv)
+    if args.authors is not None:
+        if args.T is not None or args.sizes is not None:
+            parser.error("--T and --sizes apply to simulated data, not to --authors")
+        files = [os.path.join(args.authors, f"{args.env}_{s}.npz") for s in ("train", "test")]
+        missing = [f for f in files if not os.path.isfile(f)]
+        if missing:
+            parser.error(f"argument --authors: {args.authors} has no {', '.join(missing)}")
+        out = args.out or f"data/authors_{args.env}.npz"
+        data = from_videos(*files, n_valid=args.n_valid, binarize=0.0, name=f"authors_{args.env}")
+        save(out, data)
+        shapes = ", ".join(f"{k} {tuple(v.shape)}" for k, v in data.items() if k.endswith("/x"))
+        print(f"authors' {args.env}: {shapes}; written to {out}")
+        return
     if args.T is not None and args.T < 1:
         parser.error(f"argument --T: must be a positive int, got {args.T}")
     if args.sizes is not None and min(args.sizes) < 0:

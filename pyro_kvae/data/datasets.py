@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from ..files import atomic_write, unreadable
 from .environments import DEFAULT_SPLITS, ENVIRONMENTS
-from .sources import load_videos, split_indices
+from .sources import _holds_videos, load_videos, split_indices
 
 SPLITS = ("train", "valid", "test")
 
@@ -82,6 +82,45 @@ def generate(
     return out
 
 
+def from_videos(
+    train, test, n_valid: int = 0, binarize: Optional[float] = None, name: str = "videos"
+) -> Dict[str, np.ndarray]:
+    """
+    A dataset (the dict :func:`save` writes) from separate training and test videos, e.g. the
+    KVAE authors' files ``{env}_train.npz`` / ``{env}_test.npz`` (key ``images``).
+
+    :param train: training videos, any source of :func:`~pyro_kvae.data.sources.load_videos`.
+    :param test: test videos, likewise.
+    :param int n_valid: the first ``n_valid`` test videos are also the validation split (used
+        only to pick the baselines' epochs and to watch training; every test video stays a test video).
+    :param float binarize: pixels above it become 1, the rest 0 (``0`` is the authors' ``images > 0``).
+    :param str name: what the ``config`` entry calls the data.
+    :returns: flat dict ``"{split}/x"`` uint8 frames ``(N, T, H, W)`` plus ``"config"``.
+    """
+    splits = {"train": load_videos(train, binarize=binarize), "test": load_videos(test, binarize=binarize)}
+    if isinstance(n_valid, bool) or not isinstance(n_valid, int) or not 0 <= n_valid <= len(splits["test"]):
+        raise ValueError(f"n_valid must be an int in [0, {len(splits['test'])}] (test videos), got {n_valid!r}")
+    if splits["train"].shape[1:] != splits["test"].shape[1:]:
+        raise ValueError(
+            f"train and test videos must share (T, *frame_shape): {splits['train'].shape[1:]} and "
+            f"{splits['test'].shape[1:]}"
+        )
+    splits["valid"] = splits["test"][:n_valid]
+    out = {}
+    for split in SPLITS:
+        x = splits[split]
+        out[f"{split}/x"] = x.astype(np.uint8) if binarize is not None else x  # else float32 in [0, 1]
+    config = {
+        "env": name,
+        "sources": {"train": str(train), "test": str(test)},
+        "binarize": binarize,
+        "valid": f"the first {n_valid} test videos",
+        "sizes": [len(splits[s]) for s in SPLITS],
+    }
+    out["config"] = np.array(json.dumps(config))
+    return out
+
+
 def save(path: str, data: Dict[str, np.ndarray]) -> None:
     """Writes ``data`` to ``path`` (.npz, compressed) atomically: a reader never sees a partial file."""
     atomic_write(path, lambda f: np.savez_compressed(f, **data))
@@ -136,6 +175,8 @@ class VideoDataset(torch.utils.data.Dataset):
     :param str split: ``"train"``, ``"valid"``, ``"test"``, or ``"all"`` for your own videos.
     :param str env: environment to generate if the ``.npz`` is missing (default: from the file name).
     :param bool channels_last: an array source's 5-d layout is ``(N, T, H, W, C)`` (else ``(N, T, C, H, W)``).
+    :param float binarize: your own videos only: pixels above it become 1, the rest 0 (``0``: the
+        KVAE authors' rule ``images > 0``); default: the values as :func:`~.sources.load_videos` scales them.
     """
 
     def __init__(
@@ -147,17 +188,27 @@ class VideoDataset(torch.utils.data.Dataset):
         seed: int = 0,
         channels_last: bool = True,
         fractions=(0.8, 0.1, 0.1),
+        binarize: Optional[float] = None,
     ):
-        own = not isinstance(source, (str, os.PathLike)) or not str(source).endswith(".npz")
+        own = (
+            not isinstance(source, (str, os.PathLike))
+            or not str(source).endswith(".npz")
+            or (os.path.isfile(source) and _holds_videos(str(source)))
+        )
         if split not in SPLITS + (("all",) if own else ()):
             raise ValueError(f"split must be one of {SPLITS + (('all',) if own else ())}, got {split!r}")
+        if binarize is not None and not own:
+            raise ValueError(f"binarize applies to your own videos; {source} is a pyro-kvae dataset (already binary)")
         if own:
-            videos = load_videos(source if not isinstance(source, os.PathLike) else str(source), channels_last)
+            videos = load_videos(
+                source if not isinstance(source, os.PathLike) else str(source), channels_last, binarize
+            )
             idx = split_indices(len(videos), fractions, seed)[split]
             x = torch.from_numpy(videos[idx])
             self.tensors = {"x": x, "u": x.new_zeros(x.shape[:2] + (0,))}
             self.path = source if isinstance(source, (str, os.PathLike)) else "an array"
-            self.config = {"env": "own videos", "source": str(self.path), "fractions": list(fractions), "seed": seed}
+            self.config = {"env": "own videos", "source": str(self.path), "fractions": list(fractions), "seed": seed,
+                           "binarize": binarize}  # fmt: skip
             self.split = split
             return
         path = str(source)

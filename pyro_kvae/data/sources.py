@@ -4,11 +4,14 @@ Your own videos: frames from a numpy array, a ``.npy`` file, a ``.gif`` / ``.mp4
 file, or a folder of such files (``.npz`` too), as one array
 ``(N, T, H, W)`` or ``(N, T, C, H, W)`` (channels first, float32).
 
-A ``.npy`` file given on its own holds several videos ``(N, T, H, W[, C])``; every
-other file (and a ``.npy`` inside a folder) holds one video ``(T, H, W[, C])``.
+A ``.npy`` file given on its own holds several videos ``(N, T, H, W[, C])``, and so
+does an ``.npz`` with the key ``images`` (the layout of the KVAE authors' datasets;
+other keys are ignored); every other file (and a ``.npy`` inside a folder) holds one
+video ``(T, H, W[, C])``, whose ``C`` is 1, 3 (RGB) or 4 (RGBA).
 
 Pixel values: ``uint8`` frames are divided by 255, ``bool`` frames become 0/1,
-float frames are kept. Arrays and files hold channels last, as images do:
+float frames are kept; ``binarize=b`` then makes every pixel above ``b`` a 1 and
+the rest 0 (``binarize=0`` is the authors' rule ``images > 0``). Arrays and files hold channels last, as images do:
 a video is ``(T, H, W)`` or ``(T, H, W, C)``, several are ``(N, T, H, W[, C])``
 (pass ``channels_last=False`` for an array already ``(N, T, C, H, W)``). A fourth
 (alpha) channel of RGBA frames is dropped. GIF and MP4 are read with ``imageio``
@@ -16,11 +19,14 @@ a video is ``(T, H, W)`` or ``(T, H, W, C)``, several are ``(N, T, H, W[, C])``
 """
 
 import os
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 
 VIDEO_SUFFIXES = (".npy", ".npz", ".gif", ".mp4")
+#: the key of an ``.npz`` that holds several videos ``(N, T, H, W[, C])``
+VIDEOS_KEY = "images"
+CHANNELS = (1, 3, 4)
 
 
 def _frames(video: np.ndarray, where: str) -> np.ndarray:
@@ -60,17 +66,49 @@ def read_video(path: str) -> np.ndarray:
         except Exception as e:
             hint = " (MP4 needs imageio's ffmpeg plugin: pip install imageio-ffmpeg)" if suffix == ".mp4" else ""
             raise ValueError(f"{path}: cannot read this video ({type(e).__name__}: {e}){hint}") from None
-    if video.ndim == 4 and video.shape[-1] == 4:
-        video = video[..., :3]  # RGBA: drop alpha
     if video.ndim not in (3, 4):
         raise ValueError(f"{path}: a video must be (T, H, W) or (T, H, W, C), got shape {video.shape}")
-    return video
+    if video.ndim == 4 and video.shape[-1] not in CHANNELS:
+        raise ValueError(
+            f"{path}: a video (T, H, W, C) has C in {CHANNELS}, got shape {video.shape}; several grey videos "
+            f"(N, T, H, W) go in an .npz under the key '{VIDEOS_KEY}' or in a .npy given on its own"
+        )
+    return _drop_alpha(video)
 
 
-def load_videos(source, channels_last: bool = True) -> np.ndarray:
+def _drop_alpha(videos: np.ndarray) -> np.ndarray:
+    """RGBA frames (channels last) without their alpha channel."""
+    return videos[..., :3] if videos.ndim >= 4 and videos.shape[-1] == 4 else videos
+
+
+def read_videos_npz(path: str) -> np.ndarray:
+    """The videos ``(N, T, H, W[, C])`` under the key ``images`` of an ``.npz`` (other keys are ignored)."""
+    with np.load(path, allow_pickle=False) as f:
+        if VIDEOS_KEY not in f.files:
+            raise ValueError(
+                f"{path}: an .npz of several videos holds them under the key '{VIDEOS_KEY}'; found {f.files}"
+            )
+        videos = f[VIDEOS_KEY]
+    if videos.ndim not in (4, 5) or (videos.ndim == 5 and videos.shape[-1] not in CHANNELS):
+        raise ValueError(f"{path}: '{VIDEOS_KEY}' must be (N, T, H, W) or (N, T, H, W, C), got shape {videos.shape}")
+    return _drop_alpha(videos)
+
+
+def _holds_videos(path: str) -> bool:
+    """Whether ``path`` is an ``.npz`` with the key ``images`` (several videos)."""
+    if not path.lower().endswith(".npz"):
+        return False
+    with np.load(path, allow_pickle=False) as f:
+        return VIDEOS_KEY in f.files
+
+
+def load_videos(source, channels_last: bool = True, binarize: Optional[float] = None) -> np.ndarray:
     """
-    All videos of ``source`` (an array, a video file, or a folder of video files) as float32
-    ``(N, T, H, W)`` or ``(N, T, C, H, W)``.
+    All videos of ``source`` (an array, a video file, an ``.npz`` of videos under ``images``, or
+    a folder of video files) as float32 ``(N, T, H, W)`` or ``(N, T, C, H, W)``.
+
+    :param bool channels_last: an array source's 5-d layout is ``(N, T, H, W, C)`` (else ``(N, T, C, H, W)``).
+    :param float binarize: if given, pixels above it (after scaling to [0, 1]) become 1, the others 0.
 
     :raises ValueError: naming the source (and the file) when it is not a set of equally shaped videos.
     """
@@ -95,6 +133,8 @@ def load_videos(source, channels_last: bool = True) -> np.ndarray:
             odd, shape = next((f, c.shape) for f, c in zip(files, clips) if c.shape != first)
             raise ValueError(f"videos in {source} must share one shape: {files[0]} is {first}, {odd} is {shape}")
         videos, where = np.stack(clips), source
+    elif os.path.isfile(source) and _holds_videos(source):
+        videos, where = read_videos_npz(source), source
     elif os.path.isfile(source) and source.lower().endswith(".npy"):
         # a .npy given on its own holds several videos; inside a folder, one
         videos, where = np.load(source, allow_pickle=False), source
@@ -106,11 +146,16 @@ def load_videos(source, channels_last: bool = True) -> np.ndarray:
                 "wide, or one colour video (T, H, W, C)? Save several videos as (N, T, H, W, C), or put one "
                 "video in a folder (a .npy inside a folder holds one video)"
             )
+        videos = _drop_alpha(videos) if videos.ndim == 5 else videos
     elif os.path.isfile(source):
         videos, where = read_video(source)[None], source
     else:
         raise FileNotFoundError(f"no videos at {source}: give an array, a {'/'.join(VIDEO_SUFFIXES)} file or a folder")
     videos = _frames(videos, where)
+    if binarize is not None:
+        if isinstance(binarize, bool) or not isinstance(binarize, (int, float)) or not 0 <= binarize < 1:
+            raise ValueError(f"binarize must be a threshold in [0, 1) or None, got {binarize!r}")
+        videos = (videos > binarize).astype(np.float32)
     if videos.ndim == 5:
         if channels_last:
             videos = np.moveaxis(videos, -1, 2)

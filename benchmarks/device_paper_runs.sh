@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
+# On a lent GPU machine (a bare image with torch, no pyro): the GPU check, then the paper runs on the
+# authors' data continued side by side for BUDGET seconds; their run directories come back as a tar
+# under $OUT, to be unpacked over runs/ here and continued on any machine (every run resumes).
+#
+#   wheels: pip download --no-deps --only-binary=:all: --python-version 3.12 -d .whl \
+#           pyro-ppl==1.9.2 pyro-api==0.1.2 pymunk cffi pycparser
+#   data:   python -m pyro_kvae.data box --authors datasets/authors   (and polygon)
+#   run:    BUDGET=330 bash benchmarks/device_paper_runs.sh   (carry .whl, data and runs if continuing)
+set -u
+PY=${PY:-python3}
+OUT=${OUT:-/tmp/out}
+mkdir -p "$OUT"
+if [ -d .whl ]; then
+    $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+    export PYTHONPATH=/tmp/site:$PWD
+fi
+export PYTHONUNBUFFERED=1
+nvidia-smi -L 2>/dev/null
+start=$(date +%s)
+if [ -z "${SKIP_CHECK:-}" ]; then  # SKIP_CHECK=1: only the CUDA tests, beside the runs
+    timeout "${CHECK_BUDGET:-150}" $PY benchmarks/gpu_check.py ${CHECK_ARGS:-} >"$OUT/gpu_check.log" 2>&1
+    echo "gpu_check: exit $? in $(($(date +%s) - start)) s"
+else
+    (timeout 120 $PY -m pytest -q -k cuda tests 2>&1 | tail -c 15000 >"$OUT/cuda_tests.log") &
+fi
+B=${BUDGET:-330}
+CUDA=${CUDA---cuda}
+run() {  # name, then the experiment's arguments
+    local name=$1
+    shift
+    timeout "$B" $PY -m pyro_kvae.experiments "$@" $CUDA >"/tmp/$name.log" 2>&1
+    echo "$name: exit $?"
+    tr '\r' '\n' <"/tmp/$name.log" | grep -v "it/s\]$" | tail -c 20000 >"$OUT/$name.log"
+}
+run polygon_kvae polygon --paper --data data/authors_polygon.npz --run-dir runs/authors_polygon --stage kvae &
+run box_baselines box --paper --data data/authors_box.npz --run-dir runs/authors_box --stage baselines --patience 10 &
+run polygon_baselines polygon --paper --data data/authors_polygon.npz --run-dir runs/authors_polygon \
+    --stage baselines --patience 10 &
+wait
+tar cf "$OUT/runs.tar" --exclude=logs runs/authors_polygon runs/authors_box/*.pt 2>/dev/null
+ls -la "$OUT"
+echo "total $(($(date +%s) - start)) s"
