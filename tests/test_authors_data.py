@@ -1,0 +1,144 @@
+# SPDX-License-Identifier: Apache-2.0
+"""The KVAE authors' datasets as a data source, runs that move with the repository, trained models."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from pyro_kvae.data import VideoDataset, load_videos
+from pyro_kvae.data.__main__ import main as data_main
+from pyro_kvae.data.datasets import from_videos
+from pyro_kvae.train import CHECKPOINT, Trainer
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+AUTHORS = os.path.join(ROOT, "datasets", "authors")
+
+
+def authors_like(path, n, T=6, size=8, seed=0):
+    """A file laid out as the authors' (key ``images`` (n, T, H, W) uint8 with shades, key ``state``)."""
+    rng = np.random.default_rng(seed)
+    images = rng.choice(np.array([0, 0, 0, 44, 230, 255], np.uint8), size=(n, T, size, size))
+    np.savez(path, images=images, state=rng.normal(size=(n, T, 4)).astype(np.float32))
+    return images
+
+
+def test_npz_of_videos_and_the_binarisation_rule(tmp_path):
+    images = authors_like(tmp_path / "v.npz", 5)
+    scaled = load_videos(str(tmp_path / "v.npz"))
+    assert scaled.shape == (5, 6, 8, 8) and scaled.dtype == np.float32
+    np.testing.assert_allclose(scaled, images / 255.0, rtol=1e-6)
+    binary = load_videos(str(tmp_path / "v.npz"), binarize=0.0)  # the authors' images > 0
+    assert np.array_equal(binary, (images > 0).astype(np.float32))
+    assert np.array_equal(load_videos(str(tmp_path / "v.npz"), binarize=0.5), (images > 127.5).astype(np.float32))
+    with pytest.raises(ValueError, match=r"binarize must be a threshold in \[0, 1\)"):
+        load_videos(str(tmp_path / "v.npz"), binarize=1.0)
+    ds = VideoDataset(str(tmp_path / "v.npz"), "all", binarize=0.0)
+    assert torch.equal(ds.x, torch.from_numpy((images > 0).astype(np.float32)))
+
+
+def test_real_authors_files_read_as_their_readme_says():
+    x = load_videos(os.path.join(AUTHORS, "box_test.npz"), binarize=0.0)
+    assert x.shape == (1000, 20, 32, 32) and set(np.unique(x)) == {0.0, 1.0}
+    walls = x[:, :, 2, 2:30].mean()  # the top wall, inset 2 px, is lit in every frame
+    assert walls == 1.0
+
+
+def test_dataset_from_separate_train_and_test_files(tmp_path):
+    train = authors_like(tmp_path / "box_train.npz", 7, seed=1)
+    test = authors_like(tmp_path / "box_test.npz", 4, seed=2)
+    data = from_videos(str(tmp_path / "box_train.npz"), str(tmp_path / "box_test.npz"), n_valid=3, binarize=0.0)
+    assert np.array_equal(data["train/x"], train > 0) and np.array_equal(data["test/x"], test > 0)
+    assert np.array_equal(data["valid/x"], test[:3] > 0)
+    assert json.loads(str(data["config"]))["sizes"] == [7, 3, 4]
+    with pytest.raises(ValueError, match=r"n_valid must be an int in \[0, 4\]"):
+        from_videos(str(tmp_path / "box_train.npz"), str(tmp_path / "box_test.npz"), n_valid=5)
+    out = tmp_path / "authors_box.npz"
+    data_main(["box", "--authors", str(tmp_path), "--n-valid", "2", "--out", str(out)])
+    ds = VideoDataset(str(out), "valid")
+    assert ds.x.shape == (2, 6, 8, 8) and torch.equal(ds.x, torch.from_numpy((test[:2] > 0).astype(np.float32)))
+    with pytest.raises(SystemExit):
+        data_main(["polygon", "--authors", str(tmp_path)])  # no polygon files there
+
+
+def test_bouncing_ball_with_separate_test_file(tmp_path):
+    authors_like(tmp_path / "train.npz", 20, T=6, size=16, seed=3)
+    authors_like(tmp_path / "test.npz", 6, T=6, size=16, seed=4)
+    run_dir = tmp_path / "run"
+    cmd = [sys.executable, os.path.join(ROOT, "examples", "bouncing_ball.py"), "--data", str(tmp_path / "train.npz"),
+           "--test-data", str(tmp_path / "test.npz"), "--binarize", "0", "--epochs", "1", "--batch-size", "4",
+           "--conv-filters", "4", "4", "--run-dir", str(run_dir)]  # fmt: skip
+    out = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "data: 18 train, 2 valid, 6 test sequences" in out.stdout
+    assert "litlogger" not in out.stdout + out.stderr  # no advertising from Lightning
+    config = json.load(open(run_dir / "config.json"))
+    assert config["binarize"] == 0.0 and config["test_data"].endswith("test.npz")
+
+
+def test_committed_state_resumes_bit_identical_in_a_fresh_directory(tmp_path):
+    """What experiments/ commits of a run (all but logs/ and temporaries), copied elsewhere, continues it exactly."""
+    from test_train import SMALL_BOX, config, params
+
+    from pyro_kvae.data import generate, save
+
+    save(str(tmp_path / "d.npz"), generate("box", (32, 0, 0), seed=0, progress=False, **{**SMALL_BOX, "T": 6}))
+    train = VideoDataset(str(tmp_path / "d.npz"), "train")
+    straight = Trainer(config(epochs=2, train_miss_prob=0.3), progress=False)
+    straight.fit(train)
+    first = Trainer(config(epochs=2, train_miss_prob=0.3), run_dir=str(tmp_path / "a"), progress=False)
+    first.fit(train, epochs=1)
+    committed = tmp_path / "clone" / "run"
+    shutil.copytree(tmp_path / "a", committed, ignore=shutil.ignore_patterns("logs", "*.tmp"))
+    shutil.rmtree(tmp_path / "a")
+    resumed = Trainer.resume(str(committed), progress=False)
+    assert resumed.epoch == 1
+    resumed.fit(train)
+    a, b = params(straight), params(resumed)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert [h["train_loss"] for h in straight.history] == [h["train_loss"] for h in resumed.history]
+    size = os.path.getsize(committed / CHECKPOINT)
+    n = sum(v.numel() for v in resumed.model.state_dict().values())
+    assert size < 4 * n * 3 + 100_000  # float32 weights and Adam's two moments, no other copy
+
+
+@pytest.mark.parametrize("name", ["box", "polygon"])
+def test_pretrained_model_imputes_the_authors_test_sequences(name):
+    from pyro_kvae import pretrained
+    from pyro_kvae.imputation import impute, pixel_error
+    from pyro_kvae.train import random_mask
+
+    kvae = pretrained.load(name)
+    assert not kvae.training and next(kvae.parameters()).dtype == torch.float32
+    info = pretrained.info(name)
+    assert info["config"]["conv_filters"] == [32, 32, 32] and "epochs" in info["training"]
+    x = torch.from_numpy(load_videos(os.path.join(AUTHORS, f"{name}_test.npz"), binarize=0.0)[:16])
+    mask = random_mask(x.shape[:2], 0.5, 4, torch.Generator().manual_seed(0))
+    errors = {smooth: pixel_error(impute(kvae, x, mask, smooth=smooth).x, x, mask).item() for smooth in (True, False)}
+    blank = pixel_error(torch.zeros_like(x), x, mask).item()
+    print(name, errors, blank)
+    assert errors[True] < errors[False] < blank
+
+
+def test_pretrained_unknown_name():
+    from pyro_kvae import pretrained
+
+    with pytest.raises(ValueError, match=r"no pretrained model called 'ball'; the names are \('box', 'polygon'\)"):
+        pretrained.load("ball")
+    with pytest.raises(TypeError, match="name must be a str"):
+        pretrained.load(3)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_pretrained_on_cuda():
+    from pyro_kvae import pretrained
+    from pyro_kvae.imputation import impute
+
+    kvae = pretrained.load("box", device="cuda")
+    x = torch.from_numpy(load_videos(os.path.join(AUTHORS, "box_test.npz"), binarize=0.0)[:4]).cuda()
+    assert impute(kvae, x).x.is_cuda
