@@ -311,11 +311,14 @@ class Trainer:
         self.callbacks = list(callbacks)
         self.meta = dict(meta or {})
         self.device = check_device(config.device)
-        if run_dir is not None and state is None and not overwrite and os.path.exists(self._path(CHECKPOINT)):
-            raise FileExistsError(
-                f"{run_dir} already holds a checkpoint: resume it (Trainer.resume, --resume), "
-                "choose another run directory (--run-dir), or pass overwrite=True to start afresh"
-            )
+        if run_dir is not None and state is None and not overwrite:
+            held = [name for name in (CHECKPOINT, METRICS) if _holds_data(self._path(name))]
+            if held:
+                what = "a checkpoint" if CHECKPOINT in held else f"an earlier run's {METRICS} (and no checkpoint)"
+                raise FileExistsError(
+                    f"{run_dir} already holds {what}: resume it (Trainer.resume, --resume), "
+                    "choose another run directory (--run-dir), or pass overwrite=True to start afresh"
+                )
         pyro.set_rng_seed(config.seed)
         self.model = (model if model is not None else build_kvae(config)).to(self.device)
         self.guide = guide if guide is not None else self.model.guide
@@ -558,6 +561,11 @@ def _has_tensorboard() -> bool:
     import importlib.util
 
     return importlib.util.find_spec("tensorboard") is not None or importlib.util.find_spec("tensorboardX") is not None
+
+
+def _holds_data(path: str) -> bool:
+    """Whether ``path`` is a file with something in it (an earlier run's checkpoint or log rows)."""
+    return os.path.isfile(path) and os.path.getsize(path) > 0
 
 
 def _check_nonempty(data, what: str) -> None:

@@ -2,7 +2,7 @@
 import torch
 from pyro.distributions import GaussianHMM, MultivariateNormal, TorchDistribution, constraints
 
-from ..ops.checks import check_lgssm_shapes
+from ..ops.checks import check_lgssm_shapes, check_lgssm_values, check_observed_finite
 from ..ops.kalman import backward_sample, filter_steps, rts_smoother
 from ..ops.lgssm import lgssm_log_prob, lgssm_posterior_rsample, lgssm_prior_rsample
 from ..ops.sqrt_kalman import sqrt_kalman_filter, sqrt_posterior_rsample, sqrt_rts_smoother
@@ -87,6 +87,9 @@ class LinearGaussianSSM(TorchDistribution):
                 )
             b = (B @ u.unsqueeze(-1)).squeeze(-1)
         shape = check_lgssm_shapes(A, C, Q, R, mu0, Sigma0, b=b, mask=mask, duration=duration)
+        # values (positive definite and symmetric covariances, finite matrices) under Pyro's validation, once
+        # here for every path; with validation off they are skipped for speed, as torch distributions do
+        check_lgssm_values(Q, R, Sigma0, A=A, C=C, mu0=mu0, b=b)
         self.mu0, self.Sigma0, self.A, self.Q, self.C, self.R = mu0, Sigma0, A, Q, C, R
         self.b, self.mask = b, mask
         self.duration = shape.T
@@ -112,10 +115,18 @@ class LinearGaussianSSM(TorchDistribution):
         return new
 
     def _check_value(self, value):
+        """The value as a floating point tensor (integer values are cast to the parameters' dtype),
+        its shape checked, and (under Pyro's validation) finite wherever it is observed."""
         if not isinstance(value, torch.Tensor):
             raise TypeError(f"value must be a torch.Tensor, got {type(value).__name__}")
         if value.shape[-2:] != self.event_shape:
             raise ValueError(f"value must have shape (..., {self.duration}, {self.dim_a}), got {tuple(value.shape)}")
+        if not value.is_floating_point():
+            if value.is_complex():
+                raise TypeError(f"value must be a real tensor, got dtype {value.dtype}")
+            value = value.to(self.A.dtype)
+        check_observed_finite(value, self.mask)
+        return value
 
     def _dtype(self):
         return self.A.dtype if self.compute_dtype is None else self.compute_dtype
@@ -147,7 +158,7 @@ class LinearGaussianSSM(TorchDistribution):
         :param torch.Tensor value: ``sample_shape + (batch, T, dim_a)``.
         :returns: ``log p(value_obs)``, shape ``sample_shape + batch_shape``.
         """
-        self._check_value(value)
+        value = self._check_value(value)
         if self._dtype() != torch.float64:
             return self._sqrt_filter(value)[0].log_prob.to(value.dtype)
         if self._shared_parameters(value) or value.device.type == "cpu":
@@ -167,7 +178,7 @@ class LinearGaussianSSM(TorchDistribution):
         return a.expand(torch.Size(sample_shape) + self.batch_shape + self.event_shape)
 
     def _marginals(self, value, smooth):
-        self._check_value(value)
+        value = self._check_value(value)
         scale_tril = None
         if self._dtype() == torch.float64:  # covariance form: about 2x faster than the square-root one
             filtered, A = self._filter64(value)
@@ -247,7 +258,7 @@ class LinearGaussianSSM(TorchDistribution):
             zeros give the smoothed mean.
         :returns: ``sample_shape + (batch, T, dim_z)``.
         """
-        self._check_value(value)
+        value = self._check_value(value)
         if self._dtype() == torch.float64 and self._shared_parameters(value):
             filtered, A = self._filter64(value)
             shape = torch.Size(sample_shape) + value.shape[:-2] + filtered.filt_mean.shape[-2:]

@@ -70,6 +70,11 @@ class KVAE(PyroModule):
         frame_distribution(torch.zeros(1), likelihood)  # validates the name
         self.likelihood, self.pixel_var = likelihood, pixel_var
         self.frame_shape = frame_shape(frame_size)
+        used = self._pyro_context.used
+        try:
+            self._check_parts(prior, encoder)
+        finally:  # the probe is no use of the parts: they may still join another model (Pyro checks this flag)
+            self._pyro_context.used = used
         if likelihood == "gaussian_learned":
             self.pixel_log_var = nn.Parameter(torch.full(self.frame_shape, math.log(pixel_var - PIXEL_VAR_FLOOR)))
         self.scale_reconstruction = 1.0
@@ -77,6 +82,38 @@ class KVAE(PyroModule):
         # inside its steps, which then need no host synchronisation for it
         self.check_frames = True
         self._guide = SmoothingGuide(self)
+
+    @torch.no_grad()
+    def _check_parts(self, prior, encoder):
+        """The encoder, decoder and ``prior`` agree on ``dim_a`` and the frame shape: one pass of two
+        zero frames, so that a mismatch is named here rather than deep inside the first ELBO. (The
+        prior is not run, so that a part can be reused after a failed construction.)"""
+        if not isinstance(prior, KalmanPrior):
+            raise TypeError(f"prior must be a KalmanPrior, got {type(prior).__name__}")
+        dim_a, shape = prior.dim_a, self.frame_shape
+        param = next(torch.nn.Module.parameters(encoder), None)
+        device = param.device if param is not None else None
+        frames = f"(batch, T, {', '.join(map(str, shape))})"
+        try:
+            out = self.encoder(torch.zeros((1, 2) + shape, device=device))
+        except (RuntimeError, ValueError) as e:
+            raise ValueError(f"the encoder does not take frames {frames} (frame_size={shape}): {e}") from None
+        if not (isinstance(out, (tuple, list)) and len(out) == 2 and all(isinstance(o, torch.Tensor) for o in out)):
+            raise ValueError("the encoder must return (loc, scale), each (batch, T, dim_a)")
+        if out[0].shape != (1, 2, dim_a) or out[1].shape != (1, 2, dim_a):
+            raise ValueError(
+                f"the encoder gives a of shape {tuple(out[0].shape)} for frames of shape (1, 2, "
+                f"{', '.join(map(str, shape))}), the prior's dim_a is {dim_a}: expected (1, 2, {dim_a})"
+            )
+        try:
+            x = self.decoder(torch.zeros(1, 2, dim_a, device=device))
+        except (RuntimeError, ValueError) as e:
+            raise ValueError(
+                f"the decoder does not take a of the prior's dim_a = {dim_a}, (batch, T, {dim_a}): {e}"
+            ) from None
+        if not isinstance(x, torch.Tensor) or x.shape != (1, 2) + shape:
+            got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+            raise ValueError(f"the decoder must give frames {frames} = (1, 2, {', '.join(map(str, shape))}), got {got}")
 
     def check_inputs(self, x, u=None, mask=None):
         """

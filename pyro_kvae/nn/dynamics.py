@@ -21,8 +21,26 @@ from torch import nn
 
 
 class DynamicsNetwork(PyroModule):
-    """Base class: holds ``K``, ``dim_a`` and the learned initial code ``a_0 (dim_a,)``.
-    Subclasses define ``forward(a)`` and ``step(a_prev, state)``."""
+    """
+    Base class of the dynamics parameter networks ``alpha_t = f(a_0, ..., a_{t-1})``: holds ``K``,
+    ``dim_a`` and the learned initial code ``a_0 (dim_a,)``.
+
+    A subclass defines two things that must agree:
+
+    * ``forward(a)``: ``a (batch, T, dim_a)`` -> ``alpha (batch, T, K)``, every step at once
+      from :meth:`shifted` ``(a)`` (used for ``log p(a)`` when every ``a_t`` is known);
+    * ``step(a_prev, state)``: ``a_prev (batch, dim_a)`` -> ``(alpha_t (batch, K), new_state)``,
+      one step (used by the filter with missing frames and by generation, which feed back
+      estimates of ``a_t``). The first call gets ``a_0`` and ``init_state(batch_shape)``.
+
+    ``init_state(batch_shape, dtype=None)`` gives the state before the first step for
+    ``batch_shape`` sequences: any tensor, tuple of tensors or ``None`` that ``step`` accepts
+    (default ``None``: no state, as for an MLP over ``a_{t-1}``). Override it together with
+    ``step`` whenever ``step`` keeps a state. The filter runs in float64
+    (:mod:`pyro_kvae.ops.precision`): ``step`` may get ``a_prev`` and a state made with
+    ``init_state(batch_shape, dtype=torch.float64)`` while its parameters are float32, and
+    returns ``alpha_t`` in ``a_prev``'s dtype.
+    """
 
     def __init__(self, dim_a: int, K: int):
         super().__init__()
@@ -72,6 +90,8 @@ class RNNDynamics(DynamicsNetwork):
         zero = self.a0.new_zeros((torch.Size(batch_shape).numel(), self.rnn.hidden_size), dtype=dtype)
         if not isinstance(self.rnn, nn.LSTM):
             return zero
+        if type(self).step is not RNNDynamics.step:  # a subclass's own step gets the plain LSTM state (h, c)
+            return (zero, zero)
         rnn, H = self.rnn, self.rnn.hidden_size
         # gates reordered from (i, f, g, o) to (i, f, o, g): one sigmoid serves three of them
         order = torch.cat([torch.arange(2 * H), torch.arange(3 * H, 4 * H), torch.arange(2 * H, 3 * H)])

@@ -155,11 +155,22 @@ def check_observed_finite(a: torch.Tensor, mask: Optional[torch.Tensor]) -> None
         )
 
 
-def check_lgssm_values(Q, R, Sigma0, a=None, mask=None) -> None:
+def check_finite(name: str, x: Optional[torch.Tensor], shape: str) -> None:
+    """Raises ``ValueError`` if ``x`` (when given) holds NaN or inf; only under Pyro validation."""
+    if x is None or not is_validation_enabled():
+        return
+    if not torch.isfinite(x).all():
+        raise ValueError(f"{name} must be finite, with shape {shape}; found NaN or inf in {name} of shape {_shape(x)}")
+
+
+def check_lgssm_values(Q, R, Sigma0, a=None, mask=None, A=None, C=None, mu0=None, b=None) -> None:
     """Value checks for an LGSSM problem, run only under Pyro validation."""
     check_spd("Q", Q)
     check_spd("R", R)
     check_spd("Sigma0", Sigma0)
+    for name, x, shape in (("A", A, "(..., T, dim_z, dim_z)"), ("C", C, "(..., T, dim_a, dim_z)"),
+                           ("mu0", mu0, "(..., dim_z)"), ("b", b, "(..., T, dim_z)")):  # fmt: skip
+        check_finite(name, x, shape)
     if a is not None:
         check_observed_finite(a, mask)
 
@@ -193,7 +204,7 @@ def broadcast_lgssm(A, C, Q, R, mu0, Sigma0, b=None, mask=None, a=None, duration
     replaced by zeros so that NaN placeholders never reach arithmetic or gradients.
     """
     shape = check_lgssm_shapes(A, C, Q, R, mu0, Sigma0, b=b, mask=mask, a=a, duration=duration)
-    check_lgssm_values(Q, R, Sigma0, a=a, mask=mask)
+    check_lgssm_values(Q, R, Sigma0, a=a, mask=mask, A=A, C=C, mu0=mu0, b=b)
     batch, T, dz, da = shape
     dtype = A.dtype if dtype is None else dtype
     A = A.to(dtype).expand(batch + (T, dz, dz))

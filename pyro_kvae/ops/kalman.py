@@ -467,7 +467,27 @@ def affine_steps(F, g, m0, reverse: bool = False):
     ``lambda_k = G_k + F_k^T lambda_{k+1}``, one operation per step where autograd records three (two products
     and a sum), with the gradients of ``F`` and ``g`` formed for all steps at once after it.
     """
-    batch = torch.broadcast_shapes(F.shape[:-3], g.shape[:-2], m0.shape[:-1])
+    for name, x, dims in (("F", F, 3), ("g", g, 2), ("m0", m0, 1)):
+        if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+            got = f"dtype {x.dtype}" if isinstance(x, torch.Tensor) else type(x).__name__
+            raise TypeError(f"{name} must be a floating point tensor, got {got}")
+        if x.dim() < dims:
+            raise ValueError(f"{name} must have at least {dims} dims, got shape {tuple(x.shape)}")
+    n = m0.size(-1)
+    if F.shape[-2:] != (n, n) or g.size(-1) != n:
+        raise ValueError(
+            f"F must have shape (..., T-1 or 1, {n}, {n}) and g (..., T-1, {n}) for m0 (..., {n}), "
+            f"got F {tuple(F.shape)}, g {tuple(g.shape)}"
+        )
+    if F.size(-3) not in (1, g.size(-2)):
+        raise ValueError(f"F must have a time dim of 1 or {g.size(-2)} (g's), got shape {tuple(F.shape)}")
+    try:
+        batch = torch.broadcast_shapes(F.shape[:-3], g.shape[:-2], m0.shape[:-1])
+    except RuntimeError:
+        raise ValueError(
+            f"batch dims of F {tuple(F.shape[:-3])}, g {tuple(g.shape[:-2])} and m0 {tuple(m0.shape[:-1])} "
+            "do not broadcast"
+        ) from None
     g, m0 = g.expand(batch + g.shape[-2:]), m0.expand(batch + m0.shape[-1:])
     if torch.is_grad_enabled() and any(x.requires_grad for x in (F, g, m0)):
         return _AffineSteps.apply(F, g, m0, reverse)
@@ -520,9 +540,9 @@ class _AffineSteps(torch.autograd.Function):
 
 
 def _same_shape(xs):
-    """Broadcasts the first elements (e.g. the prior before any data) to the last one's shape for stacking."""
-    shape = xs[-1].shape
-    return [x if x.shape == shape else x.expand(torch.broadcast_shapes(x.shape, shape)) for x in xs]
+    """Broadcasts every element (e.g. the prior before any data) to the shape of all of them, for stacking."""
+    shape = torch.broadcast_shapes(*(x.shape for x in xs))
+    return [x if x.shape == shape else x.expand(shape) for x in xs]
 
 
 def kalman_filter(a, A, C, Q, R, mu0, Sigma0, b=None, mask=None) -> KalmanFilterResult:

@@ -1,0 +1,182 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Bad input gets a clear error naming the argument, never a silent wrong answer (one test per case found)."""
+
+import json
+
+import numpy as np
+import pyro
+import pytest
+import torch
+
+from pyro_kvae.data import load_videos
+from pyro_kvae.distributions import LinearGaussianSSM
+from pyro_kvae.models import KVAE
+from pyro_kvae.models.prior import KalmanPrior
+from pyro_kvae.nn import LSTMDynamics
+from pyro_kvae.nn.dynamics import RNNDynamics
+from pyro_kvae.nn.vae import MLPDecoder, MLPEncoder
+from pyro_kvae.ops.kalman import _same_shape, affine_steps
+
+f64 = torch.float64
+
+
+def model(**kw):
+    e = torch.eye(2, dtype=f64)
+    A = e.expand(5, 2, 2)
+    args = dict(mu0=torch.zeros(2, dtype=f64), Sigma0=e, A=A, Q=0.1 * e, C=A, R=0.1 * e)
+    args.update(kw)
+    return LinearGaussianSSM(**args)
+
+
+def numpy_log_prob(a, Q, R):
+    """log p(a) of the model above by dense Gaussian conditioning: a = C z + v, z stacked."""
+    T, n = a.shape
+    cov_z = np.zeros((T * n, T * n))
+    # z_1 ~ N(0, I), z_t = z_{t-1} + w_t: Cov(z_s, z_t) = I + min(s, t) Q (0-based s, t)
+    for s in range(T):
+        for t in range(T):
+            cov_z[s * n : (s + 1) * n, t * n : (t + 1) * n] = np.eye(n) + min(s, t) * Q
+    cov = cov_z + np.kron(np.eye(T), R)
+    x = a.reshape(-1)
+    _, logdet = np.linalg.slogdet(cov)
+    return -0.5 * (x @ np.linalg.solve(cov, x) + logdet + len(x) * np.log(2 * np.pi))
+
+
+def test_lgssm_float64_log_prob_checks_values_under_validation():
+    e = torch.eye(2, dtype=f64)
+    a = torch.randn(5, 2, dtype=f64)
+    with pytest.raises(ValueError, match="R must be positive definite"):
+        model(R=-0.1 * e).log_prob(a)
+    Q = torch.tensor([[0.1, 0.05], [0.0, 0.1]], dtype=f64)
+    with pytest.raises(ValueError, match="Q must be symmetric"):
+        model(Q=Q).log_prob(a)
+    with pytest.raises(ValueError, match="Sigma0 must be a finite symmetric positive definite"):
+        model(Sigma0=torch.tensor([[float("inf"), 0.0], [0.0, 1.0]], dtype=f64)).log_prob(a)
+    with pytest.raises(ValueError, match=r"A must be finite, with shape \(\.\.\., T, dim_z, dim_z\)"):
+        model(A=torch.full((5, 2, 2), float("nan"), dtype=f64)).log_prob(a)
+    bad = a.clone()
+    bad[2, 0] = float("nan")
+    mask = torch.ones(5, dtype=torch.bool)
+    with pytest.raises(ValueError, match="a must be finite wherever mask is True"):
+        model(mask=mask).log_prob(bad)
+    mask[2] = False  # a missing step may hold NaN
+    assert torch.isfinite(model(mask=mask).log_prob(bad))
+    # the symmetric Q's answer equals a dense Gaussian's
+    Qs = 0.5 * (Q + Q.mT)
+    expected = numpy_log_prob(a.numpy(), Qs.numpy(), 0.1 * np.eye(2))
+    assert abs(model(Q=Qs).log_prob(a).item() - expected) < 1e-8 * abs(expected)
+    with pyro.validation_enabled(False):  # skipped for speed, as torch distributions do
+        assert model(Q=Q).log_prob(a).dtype == f64
+
+
+def test_lgssm_integer_value_is_not_truncated():
+    ones = torch.ones(5, 2, dtype=torch.long)
+    lp = model().log_prob(ones)
+    assert lp.dtype == f64
+    expected = numpy_log_prob(np.ones((5, 2)), 0.1 * np.eye(2), 0.1 * np.eye(2))
+    assert abs(lp.item() - expected) < 1e-8 * abs(expected)
+    assert abs(expected - (-4.988)) < 1e-3  # the value quoted in the issue
+
+
+@pytest.mark.parametrize("arg", ["Q", "R", "Sigma0", "init_std"])
+@pytest.mark.parametrize("value", [-0.08, 0.0, float("nan"), float("inf")])
+def test_kalman_prior_refuses_non_positive_noise(arg, value):
+    with pytest.raises(ValueError, match=f"{arg} must be a positive finite number"):
+        KalmanPrior(LSTMDynamics(2, 2, 8), 3, **{arg: value})
+    with pytest.raises(ValueError, match="dim_z must be an int >= 1"):
+        KalmanPrior(LSTMDynamics(2, 2, 8), 0)
+
+
+def test_npz_of_grey_videos_is_not_one_video_with_channels(tmp_path):
+    np.savez(tmp_path / "c.npz", x=np.zeros((3, 5, 8, 8), np.uint8))
+    with pytest.raises(ValueError, match=r"c.npz: a video \(T, H, W, C\) has C in \(1, 3, 4\), got shape"):
+        load_videos(str(tmp_path / "c.npz"))
+    np.savez(tmp_path / "v.npz", images=np.zeros((3, 5, 8, 8), np.uint8))
+    assert load_videos(str(tmp_path / "v.npz")).shape == (3, 5, 8, 8)
+
+
+def test_rgba_npy_of_videos_drops_alpha(tmp_path):
+    np.save(tmp_path / "v.npy", np.zeros((2, 4, 6, 5, 4), np.uint8))
+    assert load_videos(str(tmp_path / "v.npy")).shape == (2, 4, 3, 6, 5)
+    np.savez(tmp_path / "v.npz", images=np.zeros((2, 4, 6, 5, 4), np.uint8))
+    assert load_videos(str(tmp_path / "v.npz")).shape == (2, 4, 3, 6, 5)
+
+
+def test_trainer_never_empties_an_earlier_runs_log(tmp_path):
+    from pyro_kvae.config import KVAEConfig
+    from pyro_kvae.train import Trainer
+
+    run = tmp_path / "r"
+    run.mkdir()
+    rows = '{"epoch": 1, "train_loss": 3.0}\n'
+    (run / "metrics.jsonl").write_text(rows)
+    (run / "config.json").write_text(json.dumps({"K": 7}))
+    config = KVAEConfig(frame_size=16, vae="mlp", mlp_hidden=(8,))
+    with pytest.raises(FileExistsError, match=r"already holds an earlier run's metrics.jsonl \(and no checkpoint\)"):
+        Trainer(config, run_dir=str(run), progress=False)
+    assert (run / "metrics.jsonl").read_text() == rows and json.loads((run / "config.json").read_text()) == {"K": 7}
+    Trainer(config, run_dir=str(run), progress=False, overwrite=True)  # asked for: starts afresh
+    assert (run / "metrics.jsonl").read_text() == ""
+    Trainer(config, run_dir=str(tmp_path / "new"), progress=False)  # a new directory is fine
+    Trainer(config, run_dir=str(tmp_path / "new"), progress=False)  # and one whose run never finished an epoch
+
+
+def test_kvae_parts_must_agree_on_dim_a():
+    prior = KalmanPrior(LSTMDynamics(2, 2, 8), 3)
+    with pytest.raises(ValueError, match=r"the encoder gives a of shape \(1, 2, 3\) .* the prior's dim_a is 2"):
+        KVAE(MLPEncoder(8, 3, (16,)), MLPDecoder(8, 2, (16,)), prior, frame_size=8)
+    with pytest.raises(ValueError, match=r"the decoder does not take a of the prior's dim_a = 2"):
+        KVAE(MLPEncoder(8, 2, (16,)), MLPDecoder(8, 3, (16,)), prior, frame_size=8)
+    with pytest.raises(ValueError, match=r"the encoder does not take frames \(batch, T, 16, 16\)"):
+        KVAE(MLPEncoder(8, 2, (16,)), MLPDecoder(8, 2, (16,)), prior, frame_size=16)
+    with pytest.raises(ValueError, match=r"the decoder must give frames \(batch, T, 8, 8\)"):
+        KVAE(MLPEncoder(8, 2, (16,)), MLPDecoder(4, 2, (16,)), prior, frame_size=8)
+    KVAE(MLPEncoder(8, 2, (16,)), MLPDecoder(8, 2, (16,)), prior, frame_size=8)
+
+
+def test_affine_steps_checks_its_inputs():
+    F, g, m0 = torch.eye(2).expand(4, 2, 2), torch.zeros(4, 2), torch.zeros(2)
+    assert affine_steps(F, g, m0).shape == (5, 2)
+    with pytest.raises(ValueError, match=r"F must have shape \(\.\.\., T-1 or 1, 2, 2\) and g \(\.\.\., T-1, 2\)"):
+        affine_steps(torch.eye(3).expand(4, 3, 3), g, m0)
+    with pytest.raises(ValueError, match="F must have a time dim of 1 or 4"):
+        affine_steps(torch.eye(2).expand(3, 2, 2), g, m0)
+    with pytest.raises(TypeError, match="g must be a floating point tensor"):
+        affine_steps(F, torch.zeros(4, 2, dtype=torch.long), m0)
+    with pytest.raises(ValueError, match="m0 must have at least 1 dims"):
+        affine_steps(F, g, torch.tensor(0.0))
+    with pytest.raises(ValueError, match="do not broadcast"):
+        affine_steps(torch.eye(2).expand(3, 4, 2, 2), g.expand(5, 4, 2), m0)
+
+
+def test_same_shape_checks_every_element():
+    assert [x.shape for x in _same_shape([torch.zeros(1, 2), torch.zeros(3, 2)])] == [(3, 2), (3, 2)]
+    with pytest.raises(RuntimeError):  # leading elements that disagree with each other no longer pass
+        _same_shape([torch.zeros(2, 2), torch.zeros(3, 2), torch.zeros(1, 2)])
+
+
+class SkipLSTM(RNNDynamics):
+    """A researcher's own step on the LSTM's weights (a_prev added to the output), no init_state of its own."""
+
+    def step(self, a_prev, state):
+        dtype = self.a0.dtype  # a_prev and the state may come in float64 (the filter's dtype)
+        x, state = a_prev.reshape(-1, self.dim_a).to(dtype), tuple(s.to(dtype) for s in state)
+        h, c = torch.lstm_cell(x, state, *self.rnn._flat_weights)
+        logits = self.out(h).to(a_prev.dtype) + a_prev.reshape(-1, self.dim_a).sum(-1, keepdim=True)
+        return torch.softmax(logits, -1).reshape(a_prev.shape[:-1] + (self.K,)), (h, c)
+
+
+def test_custom_rnn_step_gets_a_state_that_fits():
+    from pyro_kvae.imputation import generate, impute
+
+    dyn = SkipLSTM(2, 3, 8)
+    h, c = dyn.init_state((4,))
+    assert h.shape == c.shape == (4, 8)
+    prior = KalmanPrior(dyn, 3)
+    kvae = KVAE(MLPEncoder(8, 2, (16,)), MLPDecoder(8, 2, (16,)), prior, frame_size=8)
+    x = (torch.rand(4, 6, 8, 8) > 0.5).float()
+    mask = torch.ones(4, 6, dtype=torch.bool)
+    mask[:, 3] = False
+    out = impute(kvae, x, mask)
+    assert out.x.shape == x.shape and torch.isfinite(out.a).all()
+    assert generate(kvae, x[:, :2], 8).x.shape == (4, 8, 8, 8)
