@@ -98,6 +98,8 @@ def parse_args(argv=None, env="box", doc=__doc__, model=None):
         parser.error(f"argument --binarize: must be in [0, 1), got {args.binarize}")
     if args.test_data is not None:
         args.test_data = os.path.abspath(args.test_data)
+        if not os.path.exists(args.test_data):
+            parser.error(f"argument --test-data: no videos at {args.test_data}")
     args.config = config_from_args(args, parser)
     return args
 
@@ -243,7 +245,11 @@ def main(args):
         trainer = make_trainer(args)
     print(f"data: {len(train)} train, {len(valid or [])} valid, {len(test)} test sequences from {args.data}")
 
-    trainer.fit(train, valid)
+    try:
+        trainer.fit(train, valid)
+    except ValueError as e:  # the data do not suit the likelihood: say which flag fixes it
+        hint = " (--binarize 0.5 thresholds your own videos)" if "binary" in str(e) and args.binarize is None else ""
+        raise SystemExit(f"error: {e}{hint}") from None
     if not trainer.is_global_zero:  # with --devices N > 1 the other processes stop here
         return
     metrics, x, u, mask, filtered, smoothed = evaluate(trainer, test, args)

@@ -29,7 +29,10 @@ class ConfigError(ValueError):
 
 def check_device(device) -> torch.device:
     """``torch.device(device)``, refusing a CUDA device on a machine without one."""
-    device = torch.device(device)
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ConfigError("device", f"must be a torch device such as 'cpu' or 'cuda', got {device!r}") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(
             "device", f"is {str(device)!r} but torch.cuda.is_available() is False on this machine; use 'cpu'"

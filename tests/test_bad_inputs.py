@@ -2,6 +2,7 @@
 """Bad input gets a clear error naming the argument, never a silent wrong answer (one test per case found)."""
 
 import json
+import os
 
 import numpy as np
 import pyro
@@ -180,3 +181,41 @@ def test_custom_rnn_step_gets_a_state_that_fits():
     out = impute(kvae, x, mask)
     assert out.x.shape == x.shape and torch.isfinite(out.a).all()
     assert generate(kvae, x[:, :2], 8).x.shape == (4, 8, 8, 8)
+
+
+def test_more_bad_inputs_of_the_public_api():
+    """Found by a round of bad inputs beyond the issue's ten (the rest already gave clear errors)."""
+    from pyro_kvae import pretrained
+    from pyro_kvae.config import ConfigError, KVAEConfig, build_kvae
+    from pyro_kvae.imputation import generate, impute
+
+    kvae = build_kvae(KVAEConfig(frame_size=8, vae="mlp", mlp_hidden=(8,))).eval()
+    x = (torch.rand(3, 6, 8, 8) > 0.5).float()
+    with pytest.raises(ValueError, match=r"x must hold at least one sequence of at least one frame"):
+        impute(kvae, x[:0])
+    with pytest.raises(TypeError, match="T must be an int"):
+        generate(kvae, x, 7.5)
+    with pytest.raises(ConfigError, match="device must be a torch device such as 'cpu' or 'cuda', got 'tpu'"):
+        pretrained.load("box", device="tpu")
+    h = torch.float16  # half-precision parameters: checked (in float32) and computed in float64
+    e = torch.eye(2, dtype=h)
+    lp = LinearGaussianSSM(torch.zeros(2, dtype=h), e, e.expand(5, 2, 2), 0.1 * e, e.expand(5, 2, 2), 0.1 * e)
+    assert torch.isfinite(lp.log_prob(torch.zeros(5, 2, dtype=h)))
+
+
+def test_example_flags_for_own_test_videos(tmp_path):
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    script = os.path.join(root, "examples", "bouncing_ball.py")
+    out = subprocess.run([sys.executable, script, "--test-data", str(tmp_path / "none.npz")], capture_output=True,
+                         text=True, cwd=tmp_path)  # fmt: skip
+    assert out.returncode == 2 and "argument --test-data: no videos at" in out.stderr
+    out = subprocess.run([sys.executable, script, "--binarize", "2"], capture_output=True, text=True, cwd=tmp_path)
+    assert out.returncode == 2 and "argument --binarize: must be in [0, 1), got 2.0" in out.stderr
+    np.savez(tmp_path / "grey.npz", images=np.full((12, 6, 8, 8), 100, np.uint8))
+    out = subprocess.run([sys.executable, script, "--data", str(tmp_path / "grey.npz"), "--run-dir",
+                          str(tmp_path / "r")], capture_output=True, text=True, cwd=tmp_path)  # fmt: skip
+    assert out.returncode == 1 and "--binarize 0.5 thresholds your own videos" in out.stderr
+    assert "Traceback" not in out.stderr

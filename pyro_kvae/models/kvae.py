@@ -132,6 +132,8 @@ class KVAE(PyroModule):
             raise TypeError(f"x must be a floating point tensor of shape {shape}, got {got}")
         if x.dim() != 2 + len(self.frame_shape) or x.shape[2:] != self.frame_shape:
             raise ValueError(f"x must have shape {shape}, got {tuple(x.shape)}")
+        if x.size(0) == 0 or x.size(1) == 0:
+            raise ValueError(f"x must hold at least one sequence of at least one frame {shape}, got {tuple(x.shape)}")
         x = x.to(self.prior.A.dtype)
         if mask is not None:
             if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool or mask.shape != x.shape[:2]:

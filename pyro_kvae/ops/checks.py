@@ -137,7 +137,8 @@ def check_spd(name: str, x: torch.Tensor) -> None:
     scale = x.detach().abs().amax(dim=(-2, -1), keepdim=True).clamp(min=1.0)
     if ((x - x.mT).abs() > tol * scale).any():
         raise ValueError(f"{name} must be symmetric, with shape (..., {n}, {n})")
-    if (torch.linalg.cholesky_ex(x.detach()).info != 0).any():
+    low = x.dtype in (torch.float16, torch.bfloat16)  # no Cholesky in half precision: check in float32
+    if (torch.linalg.cholesky_ex(x.detach().float() if low else x.detach()).info != 0).any():
         raise ValueError(f"{name} must be positive definite, with shape (..., {n}, {n})")
 
 

@@ -23,7 +23,7 @@ from typing import Optional
 
 import torch
 
-from ..config import KVAEConfig, build_kvae
+from ..config import KVAEConfig, build_kvae, check_device
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -61,7 +61,7 @@ def load(name: str, device: Optional[str] = None):
     kvae = build_kvae(config)
     state = torch.load(_path(name, ".pt"), map_location="cpu", weights_only=True)
     kvae.load_state_dict(state)
-    return kvae.to(device or "cpu").eval()
+    return kvae.to(check_device(device or "cpu")).eval()
 
 
 def export(run_dir: str, name: str, training: dict, results: dict, out_dir: str = HERE) -> str:
