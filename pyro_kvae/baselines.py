@@ -296,6 +296,7 @@ class SequenceModel(PyroModule):
         return frame_distribution(out, self.likelihood, var)
 
     def check_inputs(self, x, u):
+        """Checks frames ``x (batch, T, H, W)`` and controls ``u (batch, T, dim_u)``; returns them."""
         shape = f"(batch, T, {self.frame_size}, {self.frame_size})"
         if not isinstance(x, torch.Tensor) or not x.is_floating_point():
             raise TypeError(f"x must be a floating point tensor of shape {shape}, got {type(x).__name__}")
@@ -312,6 +313,7 @@ class SequenceModel(PyroModule):
         return u.to(x.dtype)
 
     def observe(self, t, z, x_t):
+        """The frame likelihood ``p(x_t | z_t)`` at step ``t``, observed at ``x_t (batch, H, W)``."""
         with poutine.scale(scale=self.recon_weight):
             pyro.sample(f"x_{t}", self.emission(self.emitter(z)).to_event(2), obs=x_t)
 
@@ -385,6 +387,7 @@ class DVBF(SequenceModel):
                 self.observe(t, z, x[:, t])
 
     def guide(self, x, u=None, mask=None):
+        """The recognition model of the latent sites, for SVI with :meth:`model`."""
         u = self.check_inputs(x, u)
         N, T = x.shape[:2]
         inputs = x.flatten(2) if u is None else torch.cat([x.flatten(2), u], -1)
@@ -450,6 +453,7 @@ class DMM(SequenceModel):
                 self.observe(t, z, x[:, t])
 
     def guide(self, x, u=None, mask=None):
+        """The recognition model of the latent sites, for SVI with :meth:`model`."""
         self.check_inputs(x, u)
         N, T = x.shape[:2]
         h, _ = self.rnn(x.flatten(-2).flip(1))

@@ -30,6 +30,7 @@ def boolean(text: str) -> bool:
 
 
 def positive_int(text: str) -> int:
+    """An argparse type: ``text`` as an int >= 1, else an argparse error naming the value."""
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a positive int, got {text}")

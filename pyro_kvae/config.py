@@ -152,6 +152,7 @@ class KVAEConfig:
         )
 
     def to_dict(self) -> dict:
+        """The fields as a plain dict (JSON values), as ``config.json`` stores them."""
         return dataclasses.asdict(self)
 
     @classmethod

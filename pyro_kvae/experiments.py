@@ -183,6 +183,7 @@ def fit_baselines(config, train, valid, run_dir, epochs, seed, device, overwrite
 
 
 def add_common_args(parser):
+    """The flags every experiment takes (run directory, epochs, filters, --paper, seed, device)."""
     parser.add_argument("--run-dir", help="default runs/experiment_<env>")
     parser.add_argument("--epochs", type=positive_int, default=20, help="KVAE epochs (paper: 80)")
     parser.add_argument("--filters", type=positive_int, nargs="+", default=[16, 16, 16],
@@ -352,6 +353,7 @@ def time_colour_image(frames):
 
 
 def figures(kvae, x, run_dir):
+    """Figs. 3c, 4 and 5 and the GIFs of a trained ``kvae`` on test frames ``x (batch, T, H, W)``, into ``run_dir``."""
     import matplotlib.pyplot as plt
 
     from .plotting import plot_trajectories, save_gif
@@ -569,6 +571,7 @@ def run_all(args):
 
 
 def main(argv=None):
+    """``python -m pyro_kvae.experiments``: parses ``argv`` and runs the experiment it names."""
     # subnormal floats appear as training goes on and make a CPU step about twice as slow (measured on a
     # box model after 9 epochs: 1.77 s against 0.89 s per step); flushing them to zero changes nothing else
     torch.set_flush_denormal(True)

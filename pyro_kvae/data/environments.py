@@ -122,6 +122,7 @@ class BallEnvironment:
         return space, body
 
     def simulate(self, rng: np.random.Generator) -> States:
+        """One sequence of states drawn with ``rng`` (dict of arrays ``(T, ...)``)."""
         space, body = self._build(rng)
         pos = np.empty((self.T, 2))
         vel = np.empty((self.T, 2))
@@ -159,6 +160,7 @@ class PolygonEnvironment(BallEnvironment):
     )
 
     def walls(self):
+        """The walls as polygon vertices ``[(x, y), ...]`` in pixels."""
         return list(self.vertices)
 
 
@@ -182,6 +184,7 @@ class PongEnvironment(BallEnvironment):
     paddle_elasticity: float = 0.99
 
     def walls(self):  # where the ball may start
+        """The walls as polygon vertices ``[(x, y), ...]`` in pixels."""
         return [(0.0, self.floor), (float(self.size), self.floor), (float(self.size), self.roof), (0.0, self.roof)]
 
     def _build(self, rng):
@@ -208,6 +211,7 @@ class PongEnvironment(BallEnvironment):
         return space, body
 
     def simulate(self, rng):
+        """One sequence of states drawn with ``rng`` (dict of arrays ``(T, ...)``)."""
         space, body = self._build(rng)
         bats = sorted((b for b in space.bodies if b.body_type == pymunk.Body.KINEMATIC), key=lambda b: b.position.x)
         pos, vel, paddles = np.empty((self.T, 2)), np.empty((self.T, 2)), np.empty((self.T, 2))
@@ -223,6 +227,7 @@ class PongEnvironment(BallEnvironment):
         return {"position": pos, "velocity": vel, "paddles": paddles, "u": np.zeros((self.T, 0))}
 
     def render(self, states):
+        """Frames ``(n, T, size, size)`` uint8 of the stacked ``states``."""
         frames = super().render(states)
         rows = self.size - (np.arange(self.size) + 0.5)  # y of each image row
         for k, x in enumerate(self.paddle_x):
@@ -275,6 +280,7 @@ class PendulumEnvironment:
         return 0.5 * (self.length * angular_velocity) ** 2 - self.g * self.length * np.cos(angle)
 
     def simulate(self, rng: np.random.Generator) -> States:
+        """One sequence of states drawn with ``rng`` (dict of arrays ``(T, ...)``)."""
         theta = rng.uniform(-math.pi, math.pi)
         omega = rng.uniform(-self.init_speed, self.init_speed)
         u = rng.uniform(-self.max_torque, self.max_torque, size=(self.T, 1))
@@ -295,6 +301,7 @@ class PendulumEnvironment:
         return {"position": position, "velocity": velocity, "u": u, "angle": angle, "angular_velocity": angvel}
 
     def render(self, states):
+        """Frames ``(n, T, size, size)`` uint8 of the stacked ``states``."""
         frames = render_discs(states["position"], self.bob_radius, self.size)
         centre = np.full(2, self.size / 2)
         for s in np.linspace(0.0, 0.8, 6):  # rod: small discs from the pivot to the bob
