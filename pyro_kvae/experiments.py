@@ -184,7 +184,7 @@ def fit_baselines(config, train, valid, run_dir, epochs, seed, device, overwrite
 
 def add_common_args(parser):
     """The flags every experiment takes (run directory, epochs, filters, --paper, seed, device)."""
-    parser.add_argument("--run-dir", help="default runs/experiment_<env>")
+    parser.add_argument("--run-dir", help="default runs/experiments/<env> (with --authors: experiments/authors_<env>), where all and --tables-only look")
     parser.add_argument("--epochs", type=positive_int, default=20, help="KVAE epochs (paper: 80)")
     parser.add_argument("--filters", type=positive_int, nargs="+", default=[16, 16, 16],
                         help="conv filters (paper: 32 32 32)")  # fmt: skip
@@ -200,7 +200,7 @@ def imputation_experiment(args):
     """Fig. 3 for ``args.env``: trains what is not trained yet, then evaluates and draws."""
     started = time.perf_counter()
     device = "cuda" if args.cuda else "cpu"
-    run_dir = args.run_dir or (f"experiments/authors_{args.env}" if args.authors else f"runs/experiment_{args.env}")
+    run_dir = args.run_dir or (f"experiments/authors_{args.env}" if args.authors else f"runs/experiments/{args.env}")
     os.makedirs(run_dir, exist_ok=True)
     data = os.path.abspath(args.data or (f"data/authors_{args.env}" if args.authors else f"data/{args.env}") + ".npz")
     if args.authors and not os.path.exists(data):  # built once from the authors' files (deterministic)
@@ -443,7 +443,7 @@ def pendulum_table(args):
     device = "cuda" if args.cuda else "cpu"
     likelihood = args.likelihood or "gaussian_learned"
     per_frame = likelihood == "gaussian_learned"
-    run_dir = args.run_dir or f"runs/experiment_pendulum_{likelihood}"
+    run_dir = args.run_dir or f"runs/experiments/pendulum_{likelihood}"
     os.makedirs(run_dir, exist_ok=True)
     data = os.path.abspath(args.data or "data/pendulum.npz")
     train = VideoDataset(data, "train", env="pendulum", seed=args.seed)
