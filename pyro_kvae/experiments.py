@@ -184,7 +184,8 @@ def fit_baselines(config, train, valid, run_dir, epochs, seed, device, overwrite
 
 def add_common_args(parser):
     """The flags every experiment takes (run directory, epochs, filters, --paper, seed, device)."""
-    parser.add_argument("--run-dir", help="default runs/experiments/<env> (with --authors: experiments/authors_<env>), where all and --tables-only look")
+    parser.add_argument("--run-dir", help="default runs/experiments/<env>, where 'all' and --tables-only look "
+                        "(with --authors: experiments/authors_<env>)")  # fmt: skip
     parser.add_argument("--epochs", type=positive_int, default=20, help="KVAE epochs (paper: 80)")
     parser.add_argument("--filters", type=positive_int, nargs="+", default=[16, 16, 16],
                         help="conv filters (paper: 32 32 32)")  # fmt: skip
