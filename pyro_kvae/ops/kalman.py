@@ -541,6 +541,9 @@ class _AffineSteps(torch.autograd.Function):
 
 def _same_shape(xs):
     """Broadcasts every element (e.g. the prior before any data) to the shape of all of them, for stacking."""
+    shape = xs[-1].shape
+    if all(x.shape == shape for x in xs):  # the common case, without broadcast_shapes' cost per step
+        return xs
     shape = torch.broadcast_shapes(*(x.shape for x in xs))
     return [x if x.shape == shape else x.expand(shape) for x in xs]
 
