@@ -304,6 +304,39 @@ def markdown_tables(summary) -> str:
     return "\n".join(out)
 
 
+#: the settings of the README's summary table: (experiment, setting, label)
+SUMMARY_SETTINGS = (
+    ("missing_at_random", 0.5, "p = 0.5"),
+    ("missing_at_random", 0.8, "p = 0.8"),
+    ("missing_in_middle", 5, "gap 5"),
+    ("missing_in_middle", 9, "gap 9"),
+)
+
+
+def paper_summary(summaries: dict) -> str:
+    """
+    One Markdown table of imputation ``summaries`` (``{name: summary}``): each method's pixel error at
+    :data:`SUMMARY_SETTINGS`, with the paper's figure 3 value beside ours (``ours / paper``) where the
+    paper gives one (the bouncing ball in a box).
+    """
+    head = "| environment | method | " + " | ".join(label for *_, label in SUMMARY_SETTINGS) + " |"
+    lines = [head, "|---" * (2 + len(SUMMARY_SETTINGS)) + "|"]
+    for name, s in summaries.items():
+        rows = s["rows"]
+        paper = PAPER_FIG3 if s["env"] == "box" else None
+        for method in dict.fromkeys(r["method"] for r in rows):
+            cells = []
+            for experiment, setting, _ in SUMMARY_SETTINGS:
+                ours = [r["pixel_error"] for r in rows
+                        if (r["experiment"], r["setting"], r["method"]) == (experiment, setting, method)]  # fmt: skip
+                ref = paper[experiment] if paper is not None else {}
+                theirs = ref[method][ref["settings"].index(setting)] if method in ref else None
+                cell = f"{ours[0]:.4f}" if ours else "n/a"
+                cells.append(cell + (f" / {theirs:.4f}" if theirs is not None else ""))
+            lines.append(f"| {name} | {method} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def blank_frames_check(summary, max_prob=0.8, max_gap=8) -> str:
     """Where each baseline of an imputation ``summary`` is not below the blank-frame error, at drop
     probabilities up to ``max_prob`` and gaps up to ``max_gap`` (the issue's bar), as one sentence."""

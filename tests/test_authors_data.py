@@ -142,3 +142,16 @@ def test_pretrained_on_cuda():
     kvae = pretrained.load("box", device="cuda")
     x = torch.from_numpy(load_videos(os.path.join(AUTHORS, "box_test.npz"), binarize=0.0)[:4]).cuda()
     assert impute(kvae, x).x.is_cuda
+
+
+def test_paper_summary_puts_the_papers_numbers_beside_ours():
+    from pyro_kvae.experiments import paper_summary
+
+    rows = [{"experiment": "missing_at_random", "setting": 0.5, "method": "KVAE smoothing", "pixel_error": 0.01},
+            {"experiment": "missing_in_middle", "setting": 9, "method": "AE-RNN", "pixel_error": 0.02}]  # fmt: skip
+    table = paper_summary({"box": {"env": "box", "rows": rows}, "polygon": {"env": "polygon", "rows": rows}})
+    lines = table.splitlines()
+    assert lines[0] == "| environment | method | p = 0.5 | p = 0.8 | gap 5 | gap 9 |"
+    assert "| box | KVAE smoothing | 0.0100 / 0.0075 | n/a / 0.0129 | n/a / 0.0098 | n/a / 0.0148 |" in lines
+    assert "| box | AE-RNN | n/a / 0.0096 | n/a / 0.0172 | n/a / 0.0148 | 0.0200 / 0.0200 |" in lines
+    assert "| polygon | KVAE smoothing | 0.0100 | n/a | n/a | n/a |" in lines  # no paper numbers for polygon
