@@ -18,7 +18,7 @@ unobserved frames:
 * missing in the middle: a consecutive gap of 1, 3, ..., 15 frames (fig. 3b);
 
 for KVAE smoothing, KVAE filtering, VAE-RNN, AE-RNN and blank frames, and
-writes ``results.csv``, ``results.json``, ``fig3a.png``, ``fig3b.png`` (the
+writes ``results.csv``, ``results.json``, ``training.png``, ``fig3a.png``, ``fig3b.png`` (the
 paper's curves dashed beside ours for the box), ``fig3c.png`` (a-space
 trajectories), ``fig4.png`` (alpha along the encoded trajectories),
 ``fig5.png`` (sequences as one image, colour for time), ``generation.gif`` and
@@ -55,6 +55,7 @@ from .files import write_json  # noqa: E402
 from .imputation import generate, impute, pixel_error  # noqa: E402
 from .nn import MLPDynamics  # noqa: E402
 from .nn.vae import LIKELIHOODS  # noqa: E402
+from .plotting import plot_training  # noqa: E402
 from .train import CHECKPOINT, Trainer, load_checkpoint, random_mask  # noqa: E402
 
 IMPUTATION_ENVS = ("box", "box_gravity", "polygon", "pong")
@@ -278,6 +279,7 @@ def imputation_experiment(args):
     plot_curves(rows, "missing_in_middle", "number of missing frames in the middle",
                 os.path.join(run_dir, "fig3b.png"), paper)  # fmt: skip
     figures(kvae, x, run_dir)
+    plot_training(trainer.history, os.path.join(run_dir, "training.png"))  # the KVAE's curves, all pieces
     print(f"KVAE test ELBO {summary['kvae_test_elbo']:.1f}, importance-weighted bound (K={args.iwae_particles}) "
           f"{summary['kvae_test_iwae_bound']:.1f}")  # fmt: skip
     print(markdown_tables(summary))
