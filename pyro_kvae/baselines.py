@@ -160,9 +160,9 @@ def train_rnn_baseline(
 
     With ``valid (N', T, *frame_shape)`` each stage keeps the weights of its best epoch on it
     (stage 1: reconstruction error; stage 2: imputation error with frames dropped with
-    probability 0.5 after the first 4, fixed masks). With ``patience`` a stage also ends once
-    its validation error has not improved for ``patience`` epochs (early stopping; the epochs
-    are then at most ``epochs_ae`` / ``epochs_rnn``).
+    probability 0.5 after the first 4, fixed masks). With ``patience`` the auto-encoder stage
+    also ends once its validation error has not improved for ``patience`` epochs (early
+    stopping, at most ``epochs_ae`` epochs); the LSTM stage always runs its ``epochs_rnn``.
     With ``checkpoint`` (a path) the state is written atomically after every epoch and an
     interrupted run continues from it.
 
@@ -247,7 +247,8 @@ def train_rnn_baseline(
             if valid is not None and s <= state["best_score"]:
                 state["best_score"], state["best_epoch"] = s, state["epoch"]
                 state["best"] = {k: v.detach().clone() for k, v in model.state_dict().items()}
-            stalled = patience is not None and valid is not None and state["epoch"] - state["best_epoch"] >= patience
+            stalled = (stage == "ae" and patience is not None and valid is not None
+                       and state["epoch"] - state["best_epoch"] >= patience)  # fmt: skip
             if state["epoch"] == epochs[stage] or stalled:  # the stage is done: keep its best weights, go on
                 state[f"{stage}_epochs"] = state["epoch"]
                 if state["best"] is not None:

@@ -633,8 +633,8 @@ def main(argv=None):
                         "data/authors_<env>.npz is built from it if missing, runs go to experiments/authors_<env>, "
                         "whose committed state a run continues from")  # fmt: skip
     parser.add_argument("--patience", type=positive_int,
-                        help="a baseline's stage also ends after this many epochs without a better validation "
-                        "error (default: train every epoch, keep the best)")  # fmt: skip
+                        help="a baseline's auto-encoder stops after this many epochs without a better validation "
+                        "error (default: it trains every epoch and keeps the best; the LSTM always does)")  # fmt: skip
     parser.add_argument("--n-train", type=positive_int, help="training sequences (default: all)")
     parser.add_argument("--n-test", type=positive_int, default=1000)
     parser.add_argument("--dynamics", default="lstm", choices=["lstm", "mlp"], help="alpha network (mlp: fig. 4 grid)")
