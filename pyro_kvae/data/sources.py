@@ -15,7 +15,8 @@ the rest 0 (``binarize=0`` is the authors' rule ``images > 0``). Arrays and file
 a video is ``(T, H, W)`` or ``(T, H, W, C)``, several are ``(N, T, H, W[, C])``
 (pass ``channels_last=False`` for an array already ``(N, T, C, H, W)``). A fourth
 (alpha) channel of RGBA frames is dropped. GIF and MP4 are read with ``imageio``
-(MP4 needs its ffmpeg plugin: ``pip install "pyro-kvae[video]"``).
+(MP4 needs its ffmpeg plugin: ``pip install imageio imageio-ffmpeg``, or in a clone
+``pip install -e ".[video]"``).
 """
 
 import os
@@ -61,7 +62,9 @@ def read_video(path: str) -> np.ndarray:
         try:
             import imageio.v3 as iio
         except ImportError:
-            raise ImportError(f"reading {path} needs imageio: pip install 'pyro-kvae[video]'") from None
+            raise ImportError(
+                f"reading {path} needs imageio: pip install imageio imageio-ffmpeg (or pip install -e '.[video]')"
+            ) from None
         try:
             video = iio.imread(path, index=None)
         except Exception as e:
