@@ -50,7 +50,8 @@ import torch  # noqa: E402
 from .baselines import DMM, DVBF, RNNBaseline, reconstruction_error, train_rnn_baseline, train_sequence_model  # noqa: E402
 from .cli import positive_int  # noqa: E402
 from .config import KVAEConfig, build_kvae  # noqa: E402
-from .data import VideoDataset  # noqa: E402
+from .data import VideoDataset, save  # noqa: E402
+from .data.datasets import from_authors  # noqa: E402
 from .files import write_json  # noqa: E402
 from .imputation import generate, impute, pixel_error  # noqa: E402
 from .nn import MLPDynamics  # noqa: E402
@@ -206,9 +207,10 @@ def imputation_experiment(args):
     os.makedirs(run_dir, exist_ok=True)
     data = os.path.abspath(args.data or (f"data/authors_{args.env}" if args.authors else f"data/{args.env}") + ".npz")
     if args.authors and not os.path.exists(data):  # built once from the authors' files (deterministic)
-        from .data.__main__ import main as build
-
-        build([args.env, "--authors", args.authors, "--out", data])
+        try:
+            save(data, from_authors(args.env, args.authors))
+        except FileNotFoundError as e:
+            raise SystemExit(f"error: --authors: {e}") from None
     train = VideoDataset(data, "train", env=args.env, seed=args.seed)
     valid = VideoDataset(data, "valid", seed=args.seed)
     test = VideoDataset(data, "test", seed=args.seed).take(args.n_test)

@@ -14,10 +14,9 @@ split (for the baselines' choice of epoch), all 5000 training videos for trainin
 """
 
 import argparse
-import os
 import time
 
-from .datasets import from_videos, generate, save
+from .datasets import from_authors, generate, save
 from .environments import ENVIRONMENTS
 
 
@@ -42,12 +41,11 @@ def main(argv=None):
     if args.authors is not None:
         if args.T is not None or args.sizes is not None:
             parser.error("--T and --sizes apply to simulated data, not to --authors")
-        files = [os.path.join(args.authors, f"{args.env}_{s}.npz") for s in ("train", "test")]
-        missing = [f for f in files if not os.path.isfile(f)]
-        if missing:
-            parser.error(f"argument --authors: {args.authors} has no {', '.join(missing)}")
+        try:
+            data = from_authors(args.env, args.authors, args.n_valid)
+        except FileNotFoundError as e:
+            parser.error(f"argument --authors: {e}")
         out = args.out or f"data/authors_{args.env}.npz"
-        data = from_videos(*files, n_valid=args.n_valid, binarize=0.0, name=f"authors_{args.env}")
         save(out, data)
         shapes = ", ".join(f"{k} {tuple(v.shape)}" for k, v in data.items() if k.endswith("/x"))
         print(f"authors' {args.env}: {shapes}; written to {out}")

@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from ..files import atomic_write, unreadable
 from .environments import DEFAULT_SPLITS, ENVIRONMENTS
-from .sources import _holds_videos, load_videos, split_indices
+from .sources import holds_videos, load_videos, split_indices
 
 SPLITS = ("train", "valid", "test")
 
@@ -121,6 +121,25 @@ def from_videos(
     return out
 
 
+def authors_files(env: str, folder: str):
+    """The KVAE authors' ``folder/<env>_train.npz`` and ``folder/<env>_test.npz``.
+
+    :raises FileNotFoundError: naming the files that are not there.
+    """
+    files = [os.path.join(folder, f"{env}_{split}.npz") for split in ("train", "test")]
+    missing = [f for f in files if not os.path.isfile(f)]
+    if missing:
+        raise FileNotFoundError(f"{folder} has no {', '.join(missing)} (the KVAE authors' files of {env!r})")
+    return files
+
+
+def from_authors(env: str, folder: str, n_valid: int = 500) -> Dict[str, np.ndarray]:
+    """The paper's dataset from the KVAE authors' files of ``env`` in ``folder`` (:func:`authors_files`):
+    :func:`from_videos` binarised as the authors do (``images > 0``), the first ``n_valid`` test
+    videos also the validation split."""
+    return from_videos(*authors_files(env, folder), n_valid=n_valid, binarize=0.0, name=f"authors_{env}")
+
+
 def save(path: str, data: Dict[str, np.ndarray]) -> None:
     """Writes ``data`` to ``path`` (.npz, compressed) atomically: a reader never sees a partial file."""
     atomic_write(path, lambda f: np.savez_compressed(f, **data))
@@ -193,7 +212,7 @@ class VideoDataset(torch.utils.data.Dataset):
         own = (
             not isinstance(source, (str, os.PathLike))
             or not str(source).endswith(".npz")
-            or (os.path.isfile(source) and _holds_videos(str(source)))
+            or (os.path.isfile(source) and holds_videos(str(source)))
         )
         if split not in SPLITS + (("all",) if own else ()):
             raise ValueError(f"split must be one of {SPLITS + (('all',) if own else ())}, got {split!r}")

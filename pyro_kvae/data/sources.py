@@ -98,7 +98,7 @@ def read_videos_npz(path: str) -> np.ndarray:
     return _drop_alpha(videos)
 
 
-def _holds_videos(path: str) -> bool:
+def holds_videos(path: str) -> bool:
     """Whether ``path`` is an ``.npz`` with the key ``images`` (several videos)."""
     if not path.lower().endswith(".npz") or not zipfile.is_zipfile(path):  # a damaged file is reported elsewhere
         return False
@@ -137,7 +137,7 @@ def load_videos(source, channels_last: bool = True, binarize: Optional[float] = 
             odd, shape = next((f, c.shape) for f, c in zip(files, clips) if c.shape != first)
             raise ValueError(f"videos in {source} must share one shape: {files[0]} is {first}, {odd} is {shape}")
         videos, where = np.stack(clips), source
-    elif os.path.isfile(source) and _holds_videos(source):
+    elif os.path.isfile(source) and holds_videos(source):
         videos, where = read_videos_npz(source), source
     elif os.path.isfile(source) and source.lower().endswith(".npy"):
         # a .npy given on its own holds several videos; inside a folder, one

@@ -2,7 +2,7 @@
 import torch
 from pyro.distributions import GaussianHMM, MultivariateNormal, TorchDistribution, constraints
 
-from ..ops.checks import check_lgssm_shapes, check_lgssm_values, check_observed_finite
+from ..ops.checks import check_lgssm_shapes, check_lgssm_values
 from ..ops.kalman import backward_sample, filter_steps, rts_smoother
 from ..ops.lgssm import lgssm_log_prob, lgssm_posterior_rsample, lgssm_prior_rsample
 from ..ops.sqrt_kalman import sqrt_kalman_filter, sqrt_posterior_rsample, sqrt_rts_smoother
@@ -87,9 +87,6 @@ class LinearGaussianSSM(TorchDistribution):
                 )
             b = (B @ u.unsqueeze(-1)).squeeze(-1)
         shape = check_lgssm_shapes(A, C, Q, R, mu0, Sigma0, b=b, mask=mask, duration=duration)
-        # values (positive definite and symmetric covariances, finite matrices) under Pyro's validation, once
-        # here for every path; with validation off they are skipped for speed, as torch distributions do
-        check_lgssm_values(Q, R, Sigma0, A=A, C=C, mu0=mu0, b=b)
         self.mu0, self.Sigma0, self.A, self.Q, self.C, self.R = mu0, Sigma0, A, Q, C, R
         self.b, self.mask = b, mask
         self.duration = shape.T
@@ -115,8 +112,9 @@ class LinearGaussianSSM(TorchDistribution):
         return new
 
     def _check_value(self, value):
-        """The value as a floating point tensor (integer values are cast to the parameters' dtype),
-        its shape checked, and (under Pyro's validation) finite wherever it is observed."""
+        """The value as a floating point tensor (integer values are cast to the parameters' dtype), its
+        shape checked. Its values and the parameters' are checked once on every path under Pyro's
+        validation: by :meth:`_filter64`, else by the ops it calls (``broadcast_lgssm``)."""
         if not isinstance(value, torch.Tensor):
             raise TypeError(f"value must be a torch.Tensor, got {type(value).__name__}")
         if value.shape[-2:] != self.event_shape:
@@ -125,7 +123,6 @@ class LinearGaussianSSM(TorchDistribution):
             if value.is_complex():
                 raise TypeError(f"value must be a real tensor, got dtype {value.dtype}")
             value = value.to(self.A.dtype)
-        check_observed_finite(value, self.mask)
         return value
 
     def _dtype(self):
@@ -143,6 +140,9 @@ class LinearGaussianSSM(TorchDistribution):
     def _filter64(self, value):
         """Covariance-form filter in float64 at the arguments' own batch shapes (covariances
         batched over the parameters and the mask only): ``(KalmanFilterResult, A)``."""
+        # filter_steps checks shapes only; the values are checked here (the other paths' ops check their own)
+        check_lgssm_values(self.Q, self.R, self.Sigma0, a=value, mask=self.mask, A=self.A, C=self.C, mu0=self.mu0,
+                           b=self.b)  # fmt: skip
         p = self._params_in(torch.float64)
         return filter_steps(value.to(torch.float64), **p), p["A"]
 

@@ -84,9 +84,9 @@ class KalmanPrior(PyroModule):
         super().__init__()
         if not isinstance(dynamics, DynamicsNetwork):
             raise TypeError(f"dynamics must be a DynamicsNetwork, got {type(dynamics).__name__}")
-        for name, value in (("dim_z", dim_z), ("dim_u", dim_u)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < (1 if name == "dim_z" else 0):
-                raise ValueError(f"{name} must be an int >= {1 if name == 'dim_z' else 0}, got {value!r}")
+        for name, value, least in (("dim_z", dim_z, 1), ("dim_u", dim_u, 0)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise ValueError(f"{name} must be an int >= {least}, got {value!r}")
         for name, value in (("Q", Q), ("R", R), ("Sigma0", Sigma0), ("init_std", init_std)):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
                 raise ValueError(f"{name} must be a positive finite number (a variance or scale), got {value!r}")
