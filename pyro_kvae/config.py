@@ -73,6 +73,8 @@ class KVAEConfig:
     clip_norm: float = 150.0
     kf_update_epochs: int = 10  # first epochs train the VAE and LGSSM modes, not the alpha network
     scale_reconstruction: float = 0.3  # weight of log p(x|a) in training (1.0 when reporting)
+    loss_per_frame: bool = False  # the training loss per frame (the reference's), not per sequence
+    shuffle: bool = True  # reshuffle the training sequences every epoch (the reference never does)
     train_miss_prob: float = 0.0  # fraction of frames dropped in training
     t_init_train_miss: int = 3  # first frames always observed when dropping
     seed: int = 0

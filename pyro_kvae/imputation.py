@@ -65,9 +65,10 @@ def generate(kvae, x_init, T: int, u=None) -> Imputation:
     Observes the frames ``x_init (batch, T0, H, W)`` and rolls the model forward in
     latent space to ``T`` frames in all (``u (batch, T, dim_u)`` if the model has controls).
     """
-    if not isinstance(x_init, torch.Tensor) or x_init.dim() < 3:
+    frames = ", ".join(str(n) for n in kvae.frame_shape)
+    if not isinstance(x_init, torch.Tensor) or x_init.shape[2:] != kvae.frame_shape or x_init.dim() < 3:
         got = tuple(x_init.shape) if isinstance(x_init, torch.Tensor) else type(x_init).__name__
-        raise ValueError(f"x_init must be a tensor of frames (batch, T0, *frame_shape), got {got}")
+        raise ValueError(f"x_init must be a tensor of frames (batch, T0, {frames}), got {got}")
     if isinstance(T, bool) or not isinstance(T, int):
         raise TypeError(f"T must be an int (frames in all), got {type(T).__name__}")
     N, T0 = x_init.shape[:2]

@@ -24,14 +24,26 @@ def _image(frame):
 
 
 def plot_training(history, path):
-    """Training loss and validation ELBO per epoch from ``Trainer.history``."""
-    fig, ax = plt.subplots(1, 2, figsize=(9, 3))
+    """Training loss and validation ELBO per epoch from ``Trainer.history``, and where the rows
+    have them (:class:`~pyro_kvae.evaluation.ValidationMonitor`) the validation imputation
+    error at p = 0.5 and the a-space R^2."""
     epochs = [h["epoch"] for h in history]
+    monitored = [k for k in ("valid_p05_error", "valid_r2") if history and all(k in h for h in history)]
+    fig, ax = plt.subplots(1, 2 + len(monitored), figsize=(4.5 * (2 + len(monitored)), 3))
     ax[0].plot(epochs, [h["train_loss"] for h in history])
     ax[0].set(xlabel="epoch", ylabel="training loss (-ELBO, scaled)", title="training")
     if all("valid_elbo" in h for h in history):
         ax[1].plot(epochs, [h["valid_elbo"] for h in history])
     ax[1].set(xlabel="epoch", ylabel="ELBO per sequence", title="validation")
+    for a, key in zip(ax[2:], monitored):
+        values = np.array([h[key] for h in history], dtype=float).reshape(len(history), -1)
+        for k in range(values.shape[1]):
+            a.plot(epochs, values[:, k], label=f"a[{k}]" if values.shape[1] > 1 else None)
+        if key == "valid_r2":
+            a.set(xlabel="epoch", ylabel="affine R^2 on the true position", title="a-space (validation)")
+            a.legend(fontsize=7)
+        else:
+            a.set(xlabel="epoch", ylabel="wrong pixels, smoothing", title="imputation at p = 0.5 (validation)")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -93,4 +105,34 @@ def save_gif(rows, path, titles, fps=4):
 
     anim = animation.FuncAnimation(fig, update, frames=rows[0].shape[0])
     anim.save(path, writer=animation.PillowWriter(fps=fps))
+    plt.close(fig)
+
+
+def plot_a_space(a, position, trajectories, path, position_names=("x", "y")):
+    """
+    The a-space of a model (first two coordinates): ``a (n, dim_a)`` encodings of many frames
+    drawn twice, coloured by each of the true coordinates ``position (n, 2)``, beside
+    fig. 3c's trajectories: ``trajectories`` is a list of dicts with ``encoded``,
+    ``filtered``, ``smoothed`` ``(T, dim_a)`` arrays and ``mask (T,)`` (True where observed).
+    """
+    a, position = _np(a), _np(position)
+    fig, axes = plt.subplots(1, 3, figsize=(13, 4))
+    for ax, k in zip(axes[:2], range(2)):
+        sc = ax.scatter(a[:, 0], a[:, 1], c=position[:, k], s=2, cmap="viridis")
+        fig.colorbar(sc, ax=ax, label=f"true {position_names[k]}")
+        ax.set(xlabel="a[0]", ylabel="a[1]", title=f"encodings coloured by the true {position_names[k]}")
+    ax = axes[2]
+    ax.scatter(a[:, 0], a[:, 1], c="0.85", s=1)
+    for i, trajectory in enumerate(trajectories):
+        colour = f"C{i}"
+        m = _np(trajectory["mask"]).astype(bool)
+        enc, filt, smooth = (_np(trajectory[k]) for k in ("encoded", "filtered", "smoothed"))
+        ax.plot(enc[:, 0], enc[:, 1], ".-", color=colour, lw=1, label="encoded" if i == 0 else None)
+        ax.plot(filt[:, 0], filt[:, 1], "x:", color=colour, lw=1, label="filtered" if i == 0 else None)
+        ax.plot(smooth[:, 0], smooth[:, 1], "+--", color=colour, lw=1, label="smoothed" if i == 0 else None)
+        ax.plot(enc[m, 0], enc[m, 1], "ks", mfc="none", ms=6, label="observed" if i == 0 else None)
+    ax.legend(fontsize=7)
+    ax.set(xlabel="a[0]", ylabel="a[1]", title="trajectories with a gap (fig. 3c)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -179,6 +179,8 @@ class KVAETrainingPlan(lightning.LightningModule):
             mask = random_mask(x.shape[:2], c.train_miss_prob, c.t_init_train_miss, device=x.device)
         self.kvae.scale_reconstruction = c.scale_reconstruction
         loss = self.elbo.differentiable_loss(self.kvae.model, self.guide, x, u, mask) / x.shape[0]
+        if c.loss_per_frame:
+            loss = loss / x.shape[1]
         # accumulated on the device and reduced once per epoch: no host sync per step
         self.log("train_loss", loss, on_step=False, on_epoch=True, batch_size=x.shape[0], sync_dist=True, logger=False)
         return loss
@@ -210,7 +212,8 @@ class KVAETrainingPlan(lightning.LightningModule):
 
     def train_dataloader(self):
         world, rank = self._world()
-        return _loader(self.train_data, self.config.batch_size // world, world, rank, self.config.seed, True)
+        c = self.config
+        return _loader(self.train_data, c.batch_size // world, world, rank, c.seed, c.shuffle)
 
     def val_dataloader(self):
         if self.valid_data is None:
@@ -252,8 +255,10 @@ class _RunLog(lightning.Callback):
         record["lr"] = trainer.optimizers[0].param_groups[0]["lr"]
         if "valid_elbo" in m:
             record["valid_elbo"] = float(m["valid_elbo"])
+        if o.monitor is not None:
+            record.update(o.monitor(o.model))
         record["seconds"] = round(time.perf_counter() - self.started, 3)  # wall time of the epoch (with validation)
-        bad = {k: v for k, v in record.items() if not math.isfinite(v)}
+        bad = {k: v for k, v in record.items() if not all(math.isfinite(x) for x in _numbers(v))}
         if bad:
             n = record["epoch"]
             kept = f"the checkpoint of epoch {n - 1} in {o.run_dir} is kept; " if o.run_dir else ""
@@ -269,6 +274,10 @@ class _RunLog(lightning.Callback):
             for logger in trainer.loggers:
                 logger.log_metrics(record, step=record["epoch"])
                 logger.save()
+
+
+def _numbers(value):
+    return value if isinstance(value, (list, tuple)) else (value,)
 
 
 def _is_global_zero() -> bool:
@@ -293,6 +302,10 @@ class Trainer:
         ``FileExistsError``: an existing run is never replaced by accident).
     :param dict state: a checkpoint to start from (what :meth:`resume` passes).
     :param callbacks: extra :class:`lightning.Callback` objects for :meth:`fit`.
+    :param monitor: called as ``monitor(model)`` after each epoch; the numbers (or lists of
+        numbers) of the dict it returns join the epoch's row of ``metrics.jsonl`` and the
+        history, e.g. :class:`pyro_kvae.evaluation.ValidationMonitor` (the validation
+        imputation error and the a-space R^2).
     """
 
     def __init__(
@@ -306,8 +319,10 @@ class Trainer:
         overwrite: bool = False,
         state: Optional[dict] = None,
         callbacks=(),
+        monitor=None,
     ):
         self.config, self.run_dir, self.progress = config, run_dir, progress
+        self.monitor = monitor
         self.callbacks = list(callbacks)
         self.meta = dict(meta or {})
         self.device = check_device(config.device)
@@ -504,7 +519,8 @@ class Trainer:
         changes = dict(changes or {})
         if device is not None:
             changes["device"] = device
-        saved = {**extra["config"], **extra.get("meta", {})}
+        # a checkpoint written before a setting existed ran with that setting's default
+        saved = {**KVAEConfig().to_dict(), **extra["config"], **extra.get("meta", {})}
         diffs = {k: (_plain(saved.get(k)), _plain(v)) for k, v in changes.items() if _plain(saved.get(k)) != _plain(v)}
         refused = {k: d for k, d in diffs.items() if k not in RESUMABLE}
         if refused:

@@ -145,7 +145,7 @@ def test_pretrained_on_cuda():
 
 
 def test_paper_summary_puts_the_papers_numbers_beside_ours():
-    from pyro_kvae.experiments import paper_summary
+    from pyro_kvae.experiments.report import paper_summary
 
     rows = [{"experiment": "missing_at_random", "setting": 0.5, "method": "KVAE smoothing", "pixel_error": 0.01},
             {"experiment": "missing_in_middle", "setting": 9, "method": "AE-RNN", "pixel_error": 0.02}]  # fmt: skip
@@ -155,3 +155,32 @@ def test_paper_summary_puts_the_papers_numbers_beside_ours():
     assert "| box | KVAE smoothing | 0.0100 / 0.0075 | n/a / 0.0129 | n/a / 0.0098 | n/a / 0.0148 |" in lines
     assert "| box | AE-RNN | n/a / 0.0096 | n/a / 0.0172 | n/a / 0.0148 | 0.0200 / 0.0200 |" in lines
     assert "| polygon | KVAE smoothing | 0.0100 | n/a | n/a | n/a |" in lines  # no paper numbers for polygon
+
+
+def test_authors_dataset_carries_positions_and_its_sources_checksums(tmp_path):
+    from pyro_kvae.data.datasets import built_from, from_authors, save
+
+    authors_like(tmp_path / "box_train.npz", 7, seed=1)
+    authors_like(tmp_path / "box_test.npz", 4, seed=2)
+    files = [str(tmp_path / "box_train.npz"), str(tmp_path / "box_test.npz")]
+    out = str(tmp_path / "authors_box.npz")
+    save(out, from_authors("box", str(tmp_path), n_valid=2))
+    state = np.load(files[1])["state"]
+    valid = VideoDataset(out, "valid")
+    assert torch.equal(valid.tensors["position"], torch.from_numpy(state[:2, :, :2]))
+    assert built_from(out, *files)
+    authors_like(tmp_path / "box_test.npz", 4, seed=3)  # other bytes under the same name
+    assert not built_from(out, *files)
+
+
+def test_experiment_refuses_an_authors_folder_that_is_not_there_even_with_a_cached_dataset(tmp_path, monkeypatch):
+    from pyro_kvae.experiments import main
+
+    monkeypatch.chdir(tmp_path)
+    os.makedirs("data")
+    authors_like(tmp_path / "box_train.npz", 7, seed=1)
+    authors_like(tmp_path / "box_test.npz", 4, seed=2)
+    data_main(["box", "--authors", str(tmp_path), "--n-valid", "2", "--out", "data/authors_box.npz"])
+    with pytest.raises(SystemExit, match=r"--authors: /no/such/folder is not a folder"):
+        main(["box", "--paper", "--authors", "/no/such/folder", "--run-dir", str(tmp_path / "run")])
+    assert not os.path.exists(tmp_path / "run" / "kvae")  # nothing was trained

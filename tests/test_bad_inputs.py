@@ -219,3 +219,83 @@ def test_example_flags_for_own_test_videos(tmp_path):
                           str(tmp_path / "r")], capture_output=True, text=True, cwd=tmp_path)  # fmt: skip
     assert out.returncode == 1 and "--binarize 0.5 thresholds your own videos" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_lgssm_mask_with_a_step_too_many_is_named():
+    with pytest.raises(ValueError, match=r"mask must have shape \(\.\.\., 5\)"):
+        model(mask=torch.ones(6, dtype=torch.bool))
+
+
+def test_lgssm_value_whose_batch_does_not_broadcast_is_named():
+    with pytest.raises(ValueError, match=r"value must have shape .* batch_shape \(2,\)"):
+        model(mask=torch.ones(2, 5, dtype=torch.bool)).log_prob(torch.zeros(3, 5, 2, dtype=f64))
+    d = model(A=torch.eye(2, dtype=f64).expand(2, 5, 2, 2))
+    for method in (d.log_prob, d.filter, d.smooth, d.rsample_posterior):
+        with pytest.raises(ValueError, match=r"value must have shape .* batch_shape \(2,\)"):
+            method(torch.zeros(3, 5, 2, dtype=f64))
+
+
+@pytest.mark.parametrize("compute_dtype", [torch.float64, None])
+def test_lgssm_with_no_sequences_gives_empty_results(compute_dtype):
+    empty = model(A=torch.eye(2, dtype=f64).expand(0, 5, 2, 2), compute_dtype=compute_dtype)
+    assert empty.sample().shape == (0, 5, 2)
+    assert empty.sample((3,)).shape == (3, 0, 5, 2)
+    assert empty.rsample_posterior(torch.zeros(0, 5, 2, dtype=f64)).shape == (0, 5, 2)
+    assert empty.log_prob(torch.zeros(0, 5, 2, dtype=f64)).shape == (0,)
+    assert model().rsample_posterior(torch.zeros(0, 5, 2, dtype=f64)).shape == (0, 5, 2)
+
+
+@pytest.mark.parametrize("half", [torch.float16, torch.bfloat16])
+def test_lgssm_half_precision_without_compute_dtype_computes_in_float32(half):
+    e = torch.eye(2, dtype=half)
+    d = LinearGaussianSSM(torch.zeros(2, dtype=half), e, e.expand(5, 2, 2), 0.1 * e, e.expand(5, 2, 2), 0.1 * e,
+                          compute_dtype=None)  # fmt: skip
+    a = torch.linspace(-1, 1, 10).reshape(5, 2)
+    exact = model().log_prob(a.to(f64))
+    assert d.log_prob(a.to(half)).dtype == half
+    assert d.log_prob(a.to(half)).double().item() == pytest.approx(exact.item(), rel=2e-2)
+    assert d.sample().dtype == half and d.sample().shape == (5, 2)
+    assert d.smooth(a.to(half)).loc.dtype == half
+    assert d.rsample_posterior(a.to(half)).dtype == half
+
+
+def test_generate_names_x_init_and_its_shape():
+    from pyro_kvae.config import KVAEConfig, build_kvae
+    from pyro_kvae.imputation import generate
+
+    kvae = build_kvae(KVAEConfig(frame_size=8, vae="mlp", mlp_hidden=(8,))).eval()
+    with pytest.raises(ValueError, match=r"x_init must be a tensor of frames \(batch, T0, 8, 8\), got \(4, 8, 8\)"):
+        generate(kvae, torch.zeros(4, 8, 8), 10)
+
+
+ARGS = dict(A=(5, 2, 2), C=(5, 2, 2), Q=(2, 2), R=(2, 2), mu0=(2,), Sigma0=(2, 2))
+
+
+@pytest.mark.parametrize("name", list(ARGS) + ["mask", "B", "u"])
+@pytest.mark.parametrize("wrong", ["event", "time", "batch", "dtype"])
+def test_lgssm_every_argument_against_the_others(name, wrong):
+    """Each argument with a wrong event size, time dim, batch dim or dtype, the others right (two
+    sequences): an error naming it (or the non-broadcasting batch dims), never a torch internal."""
+    e = torch.eye(2, dtype=f64)
+    args = dict(mu0=torch.zeros(2, 2, dtype=f64), Sigma0=e.expand(2, 2, 2), A=e.expand(2, 5, 2, 2), Q=0.1 * e,
+                C=e.expand(2, 5, 2, 2), R=0.1 * e, B=torch.ones(2, 5, 2, 1, dtype=f64),
+                u=torch.ones(2, 5, 1, dtype=f64), mask=torch.ones(2, 5, dtype=torch.bool))  # fmt: skip
+    x = args[name]
+    time_dim = {"A": -3, "C": -3, "B": -3, "u": -2, "mask": -1}.get(name)
+    if wrong == "event":
+        if name == "mask":
+            return
+        args[name] = torch.cat([x, x[..., :1]], -1)
+    elif wrong == "time":
+        if time_dim is None:
+            return
+        args[name] = torch.cat([x, x.narrow(time_dim, 0, 1)], time_dim)
+    elif wrong == "batch":
+        args[name] = torch.cat([x, x[:1]], 0) if x.dim() > len(ARGS.get(name, ())) and name not in ("Q", "R") else x
+        if args[name] is x:
+            args[name] = x.expand((3,) + x.shape)
+    else:
+        args[name] = x.to(torch.int64) if name != "mask" else x.to(torch.uint8)
+    with pytest.raises((ValueError, TypeError), match=rf"\b{name}\b|do not broadcast"):
+        d = LinearGaussianSSM(**args)
+        d.log_prob(torch.zeros(2, 5, 2, dtype=f64))

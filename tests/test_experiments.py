@@ -10,7 +10,9 @@ import torch
 
 from pyro_kvae.baselines import RNNBaseline
 from pyro_kvae.data import generate, save
-from pyro_kvae.experiments import blank_frames_check, gap_mask, imputation_heading, imputation_table, main
+from pyro_kvae.evaluation import gap_mask, imputation_table
+from pyro_kvae.experiments import main
+from pyro_kvae.experiments.report import blank_frames_check, imputation_heading
 from pyro_kvae.nn import MLPDecoder, MLPEncoder
 from pyro_kvae.train import random_mask
 
@@ -20,8 +22,8 @@ def test_masks():
     m = random_mask((500, 20), 0.5, 4, g)
     assert m[:, :4].all() and abs((~m[:, 4:]).float().mean().item() - 0.5) < 0.02
     assert random_mask((3, 20), 1.0, 4, g)[:, 4:].sum() == 0
-    m = gap_mask((2, 20), 6)
-    assert m.sum(1).tolist() == [14, 14] and not m[:, 7:13].any()
+    m = gap_mask((2, 20), 6)  # the authors' placement: after the first 4 frames
+    assert m.sum(1).tolist() == [14, 14] and not m[:, 4:10].any() and m[:, :4].all()
 
 
 def test_imputation_table_scores_each_method_on_the_same_masks():

@@ -11,6 +11,7 @@ with the environment name, its settings, the seed and the split sizes.
 """
 
 import dataclasses
+import hashlib
 import json
 import os
 import zipfile
@@ -113,6 +114,11 @@ def from_videos(
     config = {
         "env": name,
         "sources": {"train": str(train), "test": str(test)},
+        "sha256": {
+            split: file_digest(src)
+            for split, src in (("train", train), ("test", test))
+            if isinstance(src, (str, os.PathLike)) and os.path.isfile(src)
+        },  # fmt: skip
         "binarize": binarize,
         "valid": f"the first {n_valid} test videos",
         "sizes": [len(splits[s]) for s in SPLITS],
@@ -121,11 +127,35 @@ def from_videos(
     return out
 
 
+def file_digest(path) -> str:
+    """The SHA-256 of a file's bytes, in hex."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def built_from(path: str, train, test) -> bool:
+    """Whether the dataset file ``path`` (written by :func:`save` from :func:`from_videos`) was built
+    from the files ``train`` and ``test`` as they are now (same bytes: their recorded SHA-256)."""
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            config = json.loads(str(f["config"]))
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile):
+        return False
+    recorded = config.get("sha256", {})
+    return recorded == {"train": file_digest(train), "test": file_digest(test)}
+
+
 def authors_files(env: str, folder: str):
     """The KVAE authors' ``folder/<env>_train.npz`` and ``folder/<env>_test.npz``.
 
-    :raises FileNotFoundError: naming the files that are not there.
+    :raises FileNotFoundError: naming the folder if it does not exist, else the files that are not there.
     """
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"{folder} is not a folder (it should hold the KVAE authors' {env}_train.npz, "
+                                f"{env}_test.npz)")  # fmt: skip
     files = [os.path.join(folder, f"{env}_{split}.npz") for split in ("train", "test")]
     missing = [f for f in files if not os.path.isfile(f)]
     if missing:
@@ -136,8 +166,19 @@ def authors_files(env: str, folder: str):
 def from_authors(env: str, folder: str, n_valid: int = 500) -> Dict[str, np.ndarray]:
     """The paper's dataset from the KVAE authors' files of ``env`` in ``folder`` (:func:`authors_files`):
     :func:`from_videos` binarised as the authors do (``images > 0``), the first ``n_valid`` test
-    videos also the validation split."""
-    return from_videos(*authors_files(env, folder), n_valid=n_valid, binarize=0.0, name=f"authors_{env}")
+    videos also the validation split; their true ball positions (the first two columns of the
+    files' ``state``, in the simulator's units) as ``position (N, T, 2)`` of every split."""
+    train, test = authors_files(env, folder)
+    data = from_videos(train, test, n_valid=n_valid, binarize=0.0, name=f"authors_{env}")
+    states = {}
+    for split, path in (("train", train), ("test", test)):
+        with np.load(path) as f:
+            if "state" in f.files:
+                states[split] = f["state"][..., :2].astype(np.float32)
+    if len(states) == 2:
+        states["valid"] = states["test"][:n_valid]
+        data.update({f"{split}/position": v for split, v in states.items()})
+    return data
 
 
 def save(path: str, data: Dict[str, np.ndarray]) -> None:

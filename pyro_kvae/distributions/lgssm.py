@@ -80,12 +80,18 @@ class LinearGaussianSSM(TorchDistribution):
             raise ValueError("B and u must be given together: B (batch, T, dim_z, dim_u), u (batch, T, dim_u)")
         b = None
         if B is not None:
+            for name, x in (("B", B), ("u", u)):
+                if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+                    got = f"dtype {x.dtype}" if isinstance(x, torch.Tensor) else type(x).__name__
+                    raise TypeError(f"{name} must be a floating point tensor, got {got}")
+            shapes = f"B (batch, T, dim_z, dim_u) and u (batch, T, dim_u), got B {tuple(B.shape)}, u {tuple(u.shape)}"
             if B.dim() < 3 or u.dim() < 2 or B.size(-1) != u.size(-1):
-                raise ValueError(
-                    f"B must have shape (batch, T, dim_z, dim_u) and u (batch, T, dim_u), "
-                    f"got B {tuple(B.shape)} and u {tuple(u.shape)}"
-                )
-            b = (B @ u.unsqueeze(-1)).squeeze(-1)
+                raise ValueError(f"B and u must have shapes {shapes}")
+            try:
+                torch.broadcast_shapes(B.shape[:-2], u.shape[:-1])
+            except RuntimeError:
+                raise ValueError(f"B and u must have shapes whose batch and time dims broadcast, {shapes}") from None
+            b = (B @ u.unsqueeze(-1).to(B.dtype)).squeeze(-1)
         shape = check_lgssm_shapes(A, C, Q, R, mu0, Sigma0, b=b, mask=mask, duration=duration)
         self.mu0, self.Sigma0, self.A, self.Q, self.C, self.R = mu0, Sigma0, A, Q, C, R
         self.b, self.mask = b, mask
@@ -123,10 +129,22 @@ class LinearGaussianSSM(TorchDistribution):
             if value.is_complex():
                 raise TypeError(f"value must be a real tensor, got dtype {value.dtype}")
             value = value.to(self.A.dtype)
+        try:
+            torch.broadcast_shapes(value.shape[:-2], self.batch_shape)
+        except RuntimeError:
+            raise ValueError(
+                f"value must have shape (..., *batch_shape, {self.duration}, {self.dim_a}) with batch dims that "
+                f"broadcast with the distribution's batch_shape {tuple(self.batch_shape)} (set by the parameters "
+                f"and the mask), got {tuple(value.shape)}"
+            ) from None
         return value
 
     def _dtype(self):
-        return self.A.dtype if self.compute_dtype is None else self.compute_dtype
+        """The dtype inference runs in: ``compute_dtype``, else the parameters' (half precision computes
+        in float32, which has the Cholesky factorisations that float16 and bfloat16 lack)."""
+        if self.compute_dtype is not None:
+            return self.compute_dtype
+        return torch.float32 if self.A.dtype in (torch.float16, torch.bfloat16) else self.A.dtype
 
     def _params_in(self, dtype):
         """:meth:`_params` cast to ``dtype`` (the mask stays bool)."""
@@ -166,16 +184,17 @@ class LinearGaussianSSM(TorchDistribution):
             # O(log T) depth needs fewer launches on long sequences
             lp = self._filter64(value)[0].log_prob
             return lp.expand(value.shape[:-2]).to(value.dtype)
-        return lgssm_log_prob(value, compute_dtype=self.compute_dtype, **self._params())
+        return lgssm_log_prob(value, compute_dtype=self._dtype(), **self._params())
 
     def rsample(self, sample_shape=torch.Size()):
         """Ancestral sample of ``a``, shape ``sample_shape + batch_shape + (T, dim_a)``."""
+        shape = torch.Size(sample_shape) + self.batch_shape + self.event_shape
+        if shape.numel() == 0:  # no sequences (or no samples): an empty sample
+            return self.A.new_zeros(shape)
         p = self._params()
         p.pop("mask")
-        _, a = lgssm_prior_rsample(
-            sample_shape=sample_shape, duration=self.duration, compute_dtype=self.compute_dtype, **p
-        )
-        return a.expand(torch.Size(sample_shape) + self.batch_shape + self.event_shape)
+        _, a = lgssm_prior_rsample(sample_shape=sample_shape, duration=self.duration, compute_dtype=self._dtype(), **p)
+        return a.to(self.A.dtype).expand(shape)
 
     def _marginals(self, value, smooth):
         value = self._check_value(value)
@@ -259,6 +278,9 @@ class LinearGaussianSSM(TorchDistribution):
         :returns: ``sample_shape + (batch, T, dim_z)``.
         """
         value = self._check_value(value)
+        if torch.Size(sample_shape).numel() * value.shape[:-2].numel() == 0:  # no sequences: an empty sample
+            return value.new_zeros(torch.Size(sample_shape) + torch.broadcast_shapes(value.shape[:-2], self.batch_shape)
+                                   + (self.duration, self.dim_z))  # fmt: skip
         if self._dtype() == torch.float64 and self._shared_parameters(value):
             filtered, A = self._filter64(value)
             shape = torch.Size(sample_shape) + value.shape[:-2] + filtered.filt_mean.shape[-2:]
@@ -269,7 +291,7 @@ class LinearGaussianSSM(TorchDistribution):
             return backward_sample(filtered, A, noise.to(torch.float64)).to(value.dtype)
         if self._dtype() == torch.float64:
             return lgssm_posterior_rsample(
-                value, sample_shape=sample_shape, noise=noise, compute_dtype=self.compute_dtype, **self._params()
+                value, sample_shape=sample_shape, noise=noise, compute_dtype=self._dtype(), **self._params()
             )
         filtered, A, Q = self._sqrt_filter(value)
         shape = torch.Size(sample_shape) + filtered.filt_mean.shape

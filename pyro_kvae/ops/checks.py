@@ -94,12 +94,19 @@ def check_lgssm_shapes(
             raise ValueError(f"a must have shape (..., T, {dim_a}), got {_shape(a)}")
         timed.append(("a", a, 1, f"{dim_a}"))
 
-    # Work out T: the value's length wins, then any non-unit time dim, then duration.
+    # Work out T: the value's length wins, then the parameters' non-unit time dims, then the
+    # mask's, then duration; an argument that disagrees is named.
     sizes = {name: x.size(-1 - k) for name, x, k, _ in timed}
+    steps = {name: size for name, size in sizes.items() if name not in ("a", "mask") and size != 1}
+    if a is None and len(set(steps.values())) > 1:
+        detail = ", ".join(f"{name} has {size}" for name, size in steps.items())
+        raise ValueError(f"the time dims of the LGSSM arguments disagree ({detail} steps): each must be T or 1")
     if a is not None:
         T = sizes["a"]
     else:
-        T = max(sizes.values())
+        T = max(size for name, size in sizes.items() if name != "mask")
+        if T == 1 and "mask" in sizes:
+            T = sizes["mask"]
         if T == 1 and duration is not None:
             T = duration
     if duration is not None and T != duration:

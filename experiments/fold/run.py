@@ -1,0 +1,117 @@
+# SPDX-License-Identifier: Apache-2.0
+"""
+Controlled short runs on the authors' box: does a change to the training recipe stop the
+a-space from folding? One change per run against today's ``--paper`` recipe, several seeds.
+
+    .venv/bin/python experiments/fold/run.py CHANGE SEED [--epochs 4]   # from the repository root
+    .venv/bin/python experiments/fold/run.py --table                     # the table of every run
+
+Each run trains the package's :class:`~pyro_kvae.train.Trainer` on all 5000 of the authors'
+training sequences (the paper's network, the dynamics network frozen for 10 epochs as in
+the reference) and logs after every epoch the validation imputation error at p = 0.5 and the
+affine R^2 of the encodings on the true ball positions (:class:`~pyro_kvae.evaluation.ValidationMonitor`,
+the first 300 validation sequences). It writes ``experiments/fold/CHANGE/seedN/``:
+``config.json``, ``metrics.jsonl`` and, once finished, ``model.pt`` (the weights); an
+unfinished run continues from its ``checkpoint.pt`` when started again.
+"""
+
+import argparse
+import json
+import os
+import sys
+
+import torch
+
+from pyro_kvae.config import KVAEConfig
+from pyro_kvae.data import VideoDataset, save
+from pyro_kvae.data.datasets import from_authors
+from pyro_kvae.evaluation import ValidationMonitor
+from pyro_kvae.train import CHECKPOINT, Trainer
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+DATA = "data/authors_box_positions.npz"
+#: one change per run against the recipe of ``--paper`` (``{}``)
+CHANGES = {
+    "recipe": ("today's --paper recipe", {}),
+    "recon_weight_1": (
+        "log p(x|a) at full weight in training (scale_reconstruction 1.0, not 0.3)",
+        {"scale_reconstruction": 1.0},
+    ),
+    "alpha_from_start": (
+        "the dynamics network trained from the first epoch (kf_update_epochs 0, not 10)",
+        {"kf_update_epochs": 0},
+    ),
+    "loss_per_frame": (
+        "the training loss per frame, as the reference (clipping at 150 then rarely acts)",
+        {"loss_per_frame": True},
+    ),
+    "no_reshuffle": ("the training sequences in the file's order every epoch, as the reference", {"shuffle": False}),
+}
+FOLDED_R2 = 0.9  # a run whose smaller R^2 is below this is called folded
+
+
+def paper_config(seed: int, epochs: int, **overrides) -> KVAEConfig:
+    return KVAEConfig(**{**dict(epochs=epochs, conv_filters=(32, 32, 32), seed=seed), **overrides})
+
+
+def run(change: str, seed: int, epochs: int, n_train: int = 5000) -> None:
+    torch.set_flush_denormal(True)
+    if not os.path.exists(DATA):
+        save(DATA, from_authors("box", "datasets/authors"))
+    train = VideoDataset(DATA, "train").take(n_train)
+    valid = VideoDataset(DATA, "valid").take(300)
+    monitor = ValidationMonitor(valid.x, valid.tensors["position"])
+    run_dir = os.path.join(ROOT, change, f"seed{seed}")
+    config = paper_config(seed, epochs, **CHANGES[change][1])
+    if os.path.exists(os.path.join(run_dir, CHECKPOINT)):
+        trainer = Trainer.resume(run_dir, changes={"epochs": epochs}, monitor=monitor, progress=False)
+    else:
+        trainer = Trainer(
+            config,
+            run_dir=run_dir,
+            monitor=monitor,
+            progress=False,
+            overwrite=True,
+            meta={"change": change, "data": DATA},
+        )
+    trainer.fit(train)
+    torch.save(trainer.model.state_dict(), os.path.join(run_dir, "model.pt"))
+    for h in trainer.history:
+        print(json.dumps({k: h[k] for k in ("epoch", "valid_r2", "valid_p05_error", "seconds")}))
+
+
+def runs():
+    for change, (what, _) in CHANGES.items():
+        for name in sorted(os.listdir(os.path.join(ROOT, change))) if os.path.isdir(os.path.join(ROOT, change)) else []:
+            path = os.path.join(ROOT, change, name, "metrics.jsonl")
+            if os.path.exists(path):
+                with open(path) as f:
+                    yield change, what, int(name[4:]), [json.loads(line) for line in f if line.strip()]
+
+
+def table() -> str:
+    lines = [
+        "| change | seed | R^2 a[0]/a[1] and validation error at p = 0.5, per epoch | folded |",
+        "|---|---|---|---|",
+    ]
+    for change, what, seed, history in runs():
+        cells = ", ".join(
+            f"{h['epoch']}: {h['valid_r2'][0]:.2f}/{h['valid_r2'][1]:.2f} {h['valid_p05_error']:.4f}" for h in history
+        )
+        last = min(history[-1]["valid_r2"])
+        lines.append(f"| {change}: {what} | {seed} | {cells} | {'yes' if last < FOLDED_R2 else 'no'} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("change", nargs="?", choices=sorted(CHANGES))
+    parser.add_argument("seed", nargs="?", type=int)
+    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--table", action="store_true")
+    parser.add_argument("--n-train", type=int, default=5000, help="training sequences (a smoke test takes fewer)")
+    args = parser.parse_args()
+    if args.table:
+        print(table())
+        sys.exit(0)
+    run(args.change, args.seed, args.epochs, args.n_train)
