@@ -62,6 +62,7 @@ class KVAEConfig:
     R: float = 0.03  # emission noise variance; also caps the encoder variance
     Sigma0: float = 20.0  # variance of z_1
     init_std: float = 0.05  # std of the initial B^k, C^k
+    decoder_bias_std: float = 0.0  # std of the initial bias of the decoder's first layer (0: zero, as He init)
     learn_noise: bool = False
     full_noise: bool = False  # learned noise as full covariance matrices (with learn_noise)
     # training
@@ -78,6 +79,11 @@ class KVAEConfig:
     train_miss_prob: float = 0.0  # fraction of frames dropped in training
     t_init_train_miss: int = 3  # first frames always observed when dropping
     seed: int = 0
+    # model selection among seeds (pyro_kvae.train.fit_selecting_seed): train seeds seed .. seed +
+    # select_seeds - 1 for select_epochs each and continue the one with the lowest validation
+    # imputation error; 1: a single run
+    select_seeds: int = 1
+    select_epochs: int = 3
     # hardware (Lightning): may change when a run is resumed
     device: str = "cpu"  # "cpu", "cuda" or "cuda:N"
     devices: int = 1  # devices per node (DDP processes)
@@ -107,19 +113,22 @@ class KVAEConfig:
                 raise ConfigError(f.name, f"must be finite, got {value!r}")
         at_least = dict(frame_size=1, frame_width=0, channels=1, dim_a=1, dim_z=1, dim_u=0, K=1, dynamics_hidden=1,
                         epochs=1, batch_size=1, lr_decay_every=1, kf_update_epochs=0, t_init_train_miss=0, seed=0,
-                        devices=1, num_nodes=1)  # fmt: skip
+                        select_seeds=1, select_epochs=1, devices=1, num_nodes=1)  # fmt: skip
         for name, low in at_least.items():
             if getattr(self, name) < low:
                 raise ConfigError(name, f"must be at least {low}, got {getattr(self, name)!r}")
         for name in ("pixel_var", "Q", "R", "Sigma0", "lr", "clip_norm", "scale_reconstruction"):
             if getattr(self, name) <= 0:
                 raise ConfigError(name, f"must be positive, got {getattr(self, name)!r}")
-        if self.init_std < 0:
-            raise ConfigError("init_std", f"must be non-negative, got {self.init_std!r}")
+        for name in ("init_std", "decoder_bias_std"):
+            if getattr(self, name) < 0:
+                raise ConfigError(name, f"must be non-negative, got {getattr(self, name)!r}")
         if self.likelihood == "gaussian_learned" and self.pixel_var <= PIXEL_VAR_FLOOR:
             raise ConfigError("pixel_var", f"must exceed the learned variance's floor {PIXEL_VAR_FLOOR}")
         if self.full_noise and not self.learn_noise:
             raise ConfigError("full_noise", "needs learn_noise (fixed noise is isotropic)")
+        if self.select_seeds > 1 and self.select_epochs > self.epochs:
+            raise ConfigError("select_epochs", f"must be at most epochs ({self.epochs}), got {self.select_epochs!r}")
         if not 0.0 < self.lr_decay <= 1.0:
             raise ConfigError("lr_decay", f"must be in (0, 1], got {self.lr_decay!r}")
         if not 0.0 <= self.train_miss_prob < 1.0:
@@ -171,10 +180,10 @@ def build_kvae(config: KVAEConfig) -> KVAE:
     c = config
     if c.vae == "conv":
         encoder = ConvEncoder(c.frame_shape, c.dim_a, c.conv_filters, max_var=c.R)
-        decoder = ConvDecoder(c.frame_shape, c.dim_a, c.conv_filters)
+        decoder = ConvDecoder(c.frame_shape, c.dim_a, c.conv_filters, c.decoder_bias_std)
     else:
         encoder = MLPEncoder(c.frame_shape, c.dim_a, c.mlp_hidden, max_var=c.R)
-        decoder = MLPDecoder(c.frame_shape, c.dim_a, c.mlp_hidden)
+        decoder = MLPDecoder(c.frame_shape, c.dim_a, c.mlp_hidden, c.decoder_bias_std)
     if c.dynamics == "lstm" and c.K > 1:
         dynamics = LSTMDynamics(c.dim_a, c.K, c.dynamics_hidden)
     elif c.dynamics == "gru" and c.K > 1:

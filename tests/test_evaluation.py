@@ -124,3 +124,36 @@ def test_loss_per_frame_divides_the_training_loss_by_T(videos):
         trainer.fit(train)
         losses.append(trainer.history[-1]["train_loss"])
     assert losses[1] == pytest.approx(losses[0] / train.x.shape[1], rel=1e-4)
+
+
+def test_fit_selecting_seed_continues_the_seed_with_the_lowest_validation_error(videos, tmp_path):
+    from pyro_kvae.train import fit_selecting_seed
+
+    train, valid = videos
+    monitor = ValidationMonitor(valid.x)
+    config = KVAEConfig(frame_size=16, vae="mlp", mlp_hidden=(32,), batch_size=16, epochs=2, kf_update_epochs=1,
+                        seed=4, select_seeds=3, select_epochs=1)  # fmt: skip
+    run = str(tmp_path / "run")
+    trainer = fit_selecting_seed(config, train, None, run, monitor, progress=False)
+    selection = json.load(open(os.path.join(run, "selection.json")))
+    scores = {}
+    for seed in (4, 5, 6):
+        rows = [json.loads(line) for line in open(os.path.join(run, "seeds", f"seed{seed}", "metrics.jsonl"))]
+        assert [r["epoch"] for r in rows] == [1]
+        scores[str(seed)] = rows[0]["valid_p05_error"]
+    assert selection["scores"] == scores and len(set(scores.values())) == 3
+    chosen = min(scores, key=scores.get)
+    assert selection["chosen_seed"] == int(chosen) and trainer.config.seed == int(chosen)
+    # the run goes on from the chosen seed's epoch, to the configured epochs
+    assert [h["epoch"] for h in trainer.history] == [1, 2]
+    assert trainer.history[0]["valid_p05_error"] == scores[chosen]
+    # started again, it trains nothing (finished); other settings are refused
+    weights = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    again = fit_selecting_seed(config, train, None, run, monitor, progress=False)
+    assert all(torch.equal(weights[k], v) for k, v in again.model.state_dict().items())
+    import dataclasses
+
+    with pytest.raises(ValueError, match="lr"):
+        fit_selecting_seed(dataclasses.replace(config, lr=0.001), train, None, run, monitor, progress=False)
+    with pytest.raises(ValueError, match="needs a monitor"):
+        fit_selecting_seed(config, train, None, str(tmp_path / "other"), None)

@@ -45,6 +45,9 @@ CHANGES = {
         "the training loss per frame, as the reference (clipping at 150 then rarely acts)",
         {"loss_per_frame": True},
     ),
+    "decoder_bias": ("the decoder's first-layer bias drawn from N(0, 1), not zero: with every bias zero the "
+                     "decoder is positively homogeneous in a (a frame's content is set by the direction of a)",
+                     {"decoder_bias_std": 1.0}),
     "no_reshuffle": ("the training sequences in the file's order every epoch, as the reference", {"shuffle": False}),
 }
 FOLDED_R2 = 0.9  # a run whose smaller R^2 is below this is called folded
@@ -86,7 +89,9 @@ def runs():
             path = os.path.join(ROOT, change, name, "metrics.jsonl")
             if os.path.exists(path):
                 with open(path) as f:
-                    yield change, what, int(name[4:]), [json.loads(line) for line in f if line.strip()]
+                    history = [json.loads(line) for line in f if line.strip()]
+                if history:
+                    yield change, what, int(name[4:]), history
 
 
 def table() -> str:

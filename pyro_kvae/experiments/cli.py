@@ -24,6 +24,15 @@ def add_common_args(parser):
     parser.add_argument("--overwrite", action="store_true", help="retrain every model from scratch")
     parser.add_argument("--cuda", action="store_true")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--select-seeds",
+        type=positive_int,
+        default=1,
+        help="train the KVAE with this many seeds (--seed, --seed + 1, ...) for --select-epochs and "
+        "continue the one with the lowest validation imputation error (default 1: one run)",
+    )
+    parser.add_argument("--select-epochs", type=positive_int, default=3,
+                        help="epochs of each seed before the choice (default 3)")  # fmt: skip
 
 
 def main(argv=None):

@@ -22,7 +22,7 @@ from ..evaluation import PAPER_FIG3, PAPER_TABLE1, T_INIT, ValidationMonitor, im
 from ..files import write_json
 from ..imputation import impute
 from ..plotting import plot_training
-from ..train import CHECKPOINT, Trainer, load_checkpoint
+from ..train import CHECKPOINT, Trainer, fit_selecting_seed, load_checkpoint
 from .report import figures, imputation_heading, markdown_tables, pendulum_markdown, plot_curves
 
 IMPUTATION_ENVS = ("box", "box_gravity", "polygon", "pong")
@@ -74,6 +74,10 @@ def fit_kvae(config: KVAEConfig, run_dir: str, train, valid=None, meta=None, ove
     imputation error (and a-space R^2) per epoch; a run there with other settings than ``config``
     (except the epochs and the hardware) is refused."""
     monitor = validation_monitor(valid)
+    if config.select_seeds > 1:
+        if overwrite and os.path.exists(run_dir):
+            shutil.rmtree(run_dir)
+        return fit_selecting_seed(config, train, valid, run_dir, monitor, meta)
     if not overwrite and os.path.exists(os.path.join(run_dir, CHECKPOINT)):
         trainer = Trainer.resume(run_dir, changes={**config.to_dict(), **(meta or {})}, monitor=monitor)
         print(f"{run_dir}: resumed at epoch {trainer.epoch} of {config.epochs}")
@@ -136,7 +140,9 @@ def imputation_experiment(args):
         train = train.take(args.n_train)
     config = KVAEConfig(epochs=args.epochs, conv_filters=tuple(args.filters), seed=args.seed, device=device,
                         kf_update_epochs=min(10, args.epochs // 4), dynamics=args.dynamics,
-                        likelihood=args.likelihood, **KVAEConfig.frame_fields(train.frame_shape))  # fmt: skip
+                        likelihood=args.likelihood, select_seeds=args.select_seeds,
+                        select_epochs=min(args.select_epochs, args.epochs),
+                        **KVAEConfig.frame_fields(train.frame_shape))  # fmt: skip
     # the data path relative to the working directory, so that a run moves with a clone of the repository
     meta = {"data": os.path.relpath(data), "n_train": len(train)}
     if args.stage in ("kvae", "all"):
@@ -145,7 +151,8 @@ def imputation_experiment(args):
         baselines = fit_baselines(config, train, valid, run_dir, args.baseline_epochs or args.epochs, args.seed,
                                   device, args.overwrite, args.rnn_epochs, patience=args.patience)  # fmt: skip
     if args.stage == "evaluate":  # what is trained now: the KVAE at its last finished epoch, finished baselines
-        trainer = Trainer.resume(os.path.join(run_dir, "kvae"), changes={**config.to_dict(), **meta})
+        settings = {k: v for k, v in config.to_dict().items() if k != "seed" or config.select_seeds == 1}
+        trainer = Trainer.resume(os.path.join(run_dir, "kvae"), changes={**settings, **meta})
         print(f"{run_dir}: evaluating the KVAE at epoch {trainer.epoch} of {config.epochs}")
         baselines = fit_baselines(config, train, valid, run_dir, args.baseline_epochs or args.epochs, args.seed,
                                   device, rnn_epochs=args.rnn_epochs, only_finished=True,

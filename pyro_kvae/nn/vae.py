@@ -116,9 +116,12 @@ class ConvDecoder(PyroModule):
     shape, then per layer a 3x3 conv to ``4 * filters`` channels and a pixel
     shuffle (x2 upsampling) with ReLU, then a 1x1 conv to the frame's channels,
     cropped to ``(H, W)`` when they are not multiples of ``2 ** len(filters)``.
+
+    :param float bias_std: std of the normal initial bias of the linear layer (default 0: zero,
+        which makes the initial decoder positively homogeneous in ``a``).
     """
 
-    def __init__(self, frame_size=32, dim_a=2, filters: Sequence[int] = (32, 32, 32)):
+    def __init__(self, frame_size=32, dim_a=2, filters: Sequence[int] = (32, 32, 32), bias_std: float = 0.0):
         super().__init__()
         self.frame_shape = shape = frame_shape(frame_size)
         scale = 2 ** len(filters)
@@ -132,6 +135,8 @@ class ConvDecoder(PyroModule):
         layers.append(nn.Conv2d(c, _channels(shape), 1))
         self.deconv = he_init(nn.Sequential(*layers))
         he_init(self.linear)
+        if bias_std > 0:  # else zero, and no draw from the global generator
+            nn.init.normal_(self.linear.bias, std=bias_std)
 
     def forward(self, a):
         """``a (..., dim_a)`` -> logits or means ``(..., *frame_shape)``."""
@@ -165,7 +170,7 @@ class MLPEncoder(PyroModule):
 class MLPDecoder(PyroModule):
     """MLP decoder mirroring :class:`MLPEncoder`."""
 
-    def __init__(self, frame_size=32, dim_a=2, hidden: Sequence[int] = (25, 25)):
+    def __init__(self, frame_size=32, dim_a=2, hidden: Sequence[int] = (25, 25), bias_std: float = 0.0):
         super().__init__()
         self.frame_shape = frame_shape(frame_size)
         layers, n = [], dim_a
@@ -174,6 +179,8 @@ class MLPDecoder(PyroModule):
             n = h
         layers.append(nn.Linear(n, math.prod(self.frame_shape)))
         self.mlp = he_init(nn.Sequential(*layers))
+        if bias_std > 0:
+            nn.init.normal_(self.mlp[0].bias, std=bias_std)
 
     def forward(self, a):
         return self.mlp(a).unflatten(-1, self.frame_shape)
