@@ -31,6 +31,7 @@ import torch  # noqa: E402
 from pyro_kvae.cli import add_config_args, config_from_args, explicit_dests, positive_int, probability  # noqa: E402
 from pyro_kvae.config import KVAEConfig  # noqa: E402
 from pyro_kvae.data import VideoDataset  # noqa: E402
+from pyro_kvae.evaluation import ValidationMonitor, plot_a_space  # noqa: E402
 from pyro_kvae.files import write_json  # noqa: E402
 from pyro_kvae.imputation import generate, impute, pixel_error  # noqa: E402
 from pyro_kvae.plotting import plot_imputation, plot_training, plot_trajectories, save_gif  # noqa: E402
@@ -145,7 +146,7 @@ def evaluate(trainer, test, args):
     return metrics, x, u, mask, filtered, smoothed
 
 
-def figures(trainer, x, u, mask, filtered, smoothed, run_dir):
+def figures(trainer, x, u, mask, filtered, smoothed, run_dir, test):
     paths = {}
     paths["training"] = os.path.join(run_dir, "training.png")
     plot_training(trainer.history, paths["training"])
@@ -168,6 +169,11 @@ def figures(trainer, x, u, mask, filtered, smoothed, run_dir):
     plot_trajectories(
         [encoded, gen.a[0], smooth_gap.a[0]], gap[0], paths["trajectories"], ["encoded", "generated", "smoothed"]
     )
+    position = test.tensors.get("position")
+    if position is not None and trainer.model.prior.dim_a >= 2:  # the a-space coloured by the true position
+        paths["a_space"] = os.path.join(run_dir, "a_space.png")
+        r2 = plot_a_space(trainer.model, x.cpu(), position[: len(x)], paths["a_space"], u=u)
+        print(f"a-space: affine R^2 of a on the true position {', '.join(f'{v:.3f}' for v in r2.tolist())}")
     # without controls roll on for 60 frames; with controls only as far as they are known
     long = (
         generate(trainer.model, x[:4, :4], 60, None)
@@ -244,6 +250,8 @@ def main(args):
         args.config = fit_frame_shape(args, train)
         trainer = make_trainer(args)
     print(f"data: {len(train)} train, {len(valid or [])} valid, {len(test)} test sequences from {args.data}")
+    # per epoch: the validation imputation error at p = 0.5, and the a-space R^2 where positions are known
+    trainer.monitor = ValidationMonitor.from_dataset(valid)
 
     try:
         trainer.fit(train, valid)
@@ -256,7 +264,7 @@ def main(args):
     metrics["wall_time_s"] = round(time.perf_counter() - start, 1)
     metrics["device"] = str(trainer.device)
     write_json(os.path.join(args.run_dir, "metrics.json"), metrics)
-    paths = figures(trainer, x, u, mask, filtered, smoothed, args.run_dir)
+    paths = figures(trainer, x, u, mask, filtered, smoothed, args.run_dir, test)
 
     print(json.dumps(metrics, indent=2))
     print(f"outputs in {os.path.abspath(args.run_dir)}:")

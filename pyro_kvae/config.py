@@ -73,6 +73,7 @@ class KVAEConfig:
     lr_decay_every: int = 20  # epochs
     clip_norm: float = 150.0
     kf_update_epochs: int = 10  # first epochs train the VAE and LGSSM modes, not the alpha network
+    transition_frozen_epochs: int = 0  # first epochs keep the transition modes A^k at their initial identity
     scale_reconstruction: float = 0.3  # weight of log p(x|a) in training (1.0 when reporting)
     loss_per_frame: bool = False  # the training loss per frame (the reference's), not per sequence
     shuffle: bool = True  # reshuffle the training sequences every epoch (the reference never does)
@@ -112,8 +113,9 @@ class KVAEConfig:
             if kind is float and not math.isfinite(value):
                 raise ConfigError(f.name, f"must be finite, got {value!r}")
         at_least = dict(frame_size=1, frame_width=0, channels=1, dim_a=1, dim_z=1, dim_u=0, K=1, dynamics_hidden=1,
-                        epochs=1, batch_size=1, lr_decay_every=1, kf_update_epochs=0, t_init_train_miss=0, seed=0,
-                        select_seeds=1, select_epochs=1, devices=1, num_nodes=1)  # fmt: skip
+                        epochs=1, batch_size=1, lr_decay_every=1, kf_update_epochs=0, transition_frozen_epochs=0,
+                        t_init_train_miss=0, seed=0, select_seeds=1, select_epochs=1, devices=1,
+                        num_nodes=1)  # fmt: skip
         for name, low in at_least.items():
             if getattr(self, name) < low:
                 raise ConfigError(name, f"must be at least {low}, got {getattr(self, name)!r}")

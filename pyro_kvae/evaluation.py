@@ -136,6 +136,15 @@ class ValidationMonitor:
         self.x, self.position, self.u = x, position, u
         self.mask = random_mask(x.shape[:2], MONITOR_DROP_PROB, T_INIT, torch.Generator().manual_seed(seed))
 
+    @classmethod
+    def from_dataset(cls, data, n: int = 300) -> Optional["ValidationMonitor"]:
+        """The monitor of the first ``n`` sequences of a :class:`~pyro_kvae.data.VideoDataset` (its
+        ``position`` and controls where it has them); None for no data."""
+        if data is None or len(data) == 0:
+            return None
+        data = data.take(n)
+        return cls(data.x, data.tensors.get("position"), data.u if data.u.size(-1) else None)
+
     @torch.no_grad()
     def __call__(self, kvae) -> Dict[str, object]:
         was_training = kvae.training

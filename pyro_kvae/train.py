@@ -202,6 +202,8 @@ class KVAETrainingPlan(lightning.LightningModule):
         if self.current_epoch < self.config.kf_update_epochs:
             for p in self.kvae.prior.dynamics.parameters():
                 p.grad = None
+        if self.current_epoch < self.config.transition_frozen_epochs:
+            self.kvae.prior.A.grad = None  # the transition modes stay at their initial identity
 
     def configure_optimizers(self):
         c = self.config

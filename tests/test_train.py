@@ -117,3 +117,14 @@ def test_bf16_mixed_keeps_the_kalman_part_in_float32(tiny_videos):
     assert log_p.dtype == torch.float32 and torch.equal(log_p, prior.distribution((4,), 8).log_prob(a))
     history = trainer.fit(train, valid)
     assert math.isfinite(history[-1]["train_loss"]) and math.isfinite(history[-1]["valid_elbo"])
+
+
+def test_transition_modes_frozen_for_first_epochs(tiny_videos):
+    train, _ = tiny_videos
+    trainer = Trainer(config(epochs=2, kf_update_epochs=0, transition_frozen_epochs=1), progress=False)
+    A0, C0 = trainer.model.prior.A.detach().clone(), trainer.model.prior.C.detach().clone()
+    trainer.train_epoch(train)
+    assert torch.equal(A0, trainer.model.prior.A)  # held at the identity
+    assert not torch.equal(C0, trainer.model.prior.C)  # the rest of the LGSSM trained
+    trainer.train_epoch(train)
+    assert not torch.equal(A0, trainer.model.prior.A)

@@ -48,6 +48,9 @@ CHANGES = {
     "decoder_bias": ("the decoder's first-layer bias drawn from N(0, 1), not zero: with every bias zero the "
                      "decoder is positively homogeneous in a (a frame's content is set by the direction of a)",
                      {"decoder_bias_std": 1.0}),
+    "transition_frozen": ("the transition modes A^k held at their initial identity while the dynamics network "
+                          "is frozen (transition_frozen_epochs 10): the frozen-alpha LGSSM learns a damped rotation",
+                          {"transition_frozen_epochs": 10}),
     "no_reshuffle": ("the training sequences in the file's order every epoch, as the reference", {"shuffle": False}),
 }
 FOLDED_R2 = 0.9  # a run whose smaller R^2 is below this is called folded

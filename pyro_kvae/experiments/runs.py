@@ -60,20 +60,11 @@ def run_info(args, started: float) -> dict:
     }
 
 
-def validation_monitor(valid, n: int = 300):
-    """The per-epoch check of a run (:class:`~pyro_kvae.evaluation.ValidationMonitor`) on the first
-    ``n`` validation sequences, with the a-space R^2 where they carry true positions."""
-    if valid is None or len(valid) == 0:
-        return None
-    valid = valid.take(n)
-    return ValidationMonitor(valid.x, valid.tensors.get("position"), valid.u if valid.u.size(-1) else None)
-
-
 def fit_kvae(config: KVAEConfig, run_dir: str, train, valid=None, meta=None, overwrite=False) -> Trainer:
     """Trains (or continues training) the KVAE of ``config`` in ``run_dir``, logging the validation
     imputation error (and a-space R^2) per epoch; a run there with other settings than ``config``
     (except the epochs and the hardware) is refused."""
-    monitor = validation_monitor(valid)
+    monitor = ValidationMonitor.from_dataset(valid)
     if config.select_seeds > 1:
         if overwrite and os.path.exists(run_dir):
             shutil.rmtree(run_dir)
