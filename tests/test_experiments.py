@@ -169,3 +169,29 @@ def test_all_runs_every_experiment_and_writes_the_readme_tables(tmp_path):
     os.remove(run / "pong" / "results.json")  # an unfinished experiment is listed as such
     main(["all", "--run-dir", str(run), "--tables-only"])
     assert "## pong: not finished" in open(run / "tables.md").read()
+
+
+def test_no_committed_results_file_holds_a_machine_path():
+    """Results record paths relative to the repository (a run moves with a clone), never a machine's."""
+    import glob
+    import json
+    import os
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    files = glob.glob(os.path.join(root, "docs", "experiments", "results", "*.json"))
+    files += glob.glob(os.path.join(root, "experiments", "**", "*.json"), recursive=True)
+    assert files
+
+    def strings(o):
+        if isinstance(o, dict):
+            for v in o.values():
+                yield from strings(v)
+        elif isinstance(o, list):
+            for v in o:
+                yield from strings(v)
+        elif isinstance(o, str):
+            yield o
+
+    for path in files:
+        absolute = [s for s in strings(json.load(open(path))) if os.path.isabs(s)]
+        assert absolute == [], f"{os.path.relpath(path, root)} holds {absolute}"

@@ -220,7 +220,7 @@ def pendulum_table(args):
     per_frame = likelihood == "gaussian_learned"
     run_dir = args.run_dir or f"runs/experiments/pendulum_{likelihood}"
     os.makedirs(run_dir, exist_ok=True)
-    data = os.path.abspath(args.data or "data/pendulum.npz")
+    data = os.path.relpath(args.data or "data/pendulum.npz")  # a run moves with a clone of the repository
     train = VideoDataset(data, "train", env="pendulum", seed=args.seed)
     valid = VideoDataset(data, "valid")
     test = VideoDataset(data, "test")
