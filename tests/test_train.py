@@ -128,3 +128,35 @@ def test_transition_modes_frozen_for_first_epochs(tiny_videos):
     assert not torch.equal(C0, trainer.model.prior.C)  # the rest of the LGSSM trained
     trainer.train_epoch(train)
     assert not torch.equal(A0, trainer.model.prior.A)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_training_step_has_no_host_synchronisation(tiny_videos):
+    """With Pyro's validation off, a training step (ELBO, backward, clipping, Adam) never waits on the GPU."""
+    import pyro
+    from pyro.infer import Trace_ELBO
+
+    from pyro_kvae.config import build_kvae
+
+    train, _ = tiny_videos
+    kvae = build_kvae(config(dynamics="lstm")).cuda()
+    kvae.check_frames = False  # the trainer checks a dataset's frames once, before its steps
+    x = train.x[:16].cuda()
+    elbo = Trace_ELBO()
+    opt = torch.optim.Adam(kvae.parameters(), lr=1e-3)
+
+    def step():
+        loss = elbo.differentiable_loss(kvae.model, kvae.guide, x) / x.shape[0]
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(kvae.parameters(), 150.0, foreach=True)
+        opt.step()
+        opt.zero_grad()
+
+    pyro.enable_validation(False)
+    step()  # first step: lazy initialisations
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        step()
+    finally:
+        torch.cuda.set_sync_debug_mode(0)

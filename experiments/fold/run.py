@@ -45,12 +45,16 @@ CHANGES = {
         "the training loss per frame, as the reference (clipping at 150 then rarely acts)",
         {"loss_per_frame": True},
     ),
-    "decoder_bias": ("the decoder's first-layer bias drawn from N(0, 1), not zero: with every bias zero the "
-                     "decoder is positively homogeneous in a (a frame's content is set by the direction of a)",
-                     {"decoder_bias_std": 1.0}),
-    "transition_frozen": ("the transition modes A^k held at their initial identity while the dynamics network "
-                          "is frozen (transition_frozen_epochs 10): the frozen-alpha LGSSM learns a damped rotation",
-                          {"transition_frozen_epochs": 10}),
+    "decoder_bias": (
+        "the decoder's first-layer bias drawn from N(0, 1), not zero: with every bias zero the "
+        "decoder is positively homogeneous in a (a frame's content is set by the direction of a)",
+        {"decoder_bias_std": 1.0},
+    ),
+    "transition_frozen": (
+        "the transition modes A^k held at their initial identity while the dynamics network "
+        "is frozen (transition_frozen_epochs 10): the frozen-alpha LGSSM learns a damped rotation",
+        {"transition_frozen_epochs": 10},
+    ),
     "no_reshuffle": ("the training sequences in the file's order every epoch, as the reference", {"shuffle": False}),
 }
 FOLDED_R2 = 0.9  # a run whose smaller R^2 is below this is called folded
@@ -98,16 +102,16 @@ def runs():
 
 
 def table() -> str:
-    lines = [
-        "| change | seed | R^2 a[0]/a[1] and validation error at p = 0.5, per epoch | folded |",
-        "|---|---|---|---|",
-    ]
-    for change, what, seed, history in runs():
-        cells = ", ".join(
-            f"{h['epoch']}: {h['valid_r2'][0]:.2f}/{h['valid_r2'][1]:.2f} {h['valid_p05_error']:.4f}" for h in history
+    """The changes run, then a row per run: R^2 of a[0]/a[1] and the validation error per epoch."""
+    done = list(runs())
+    lines = [f"- `{change}`: {what}" for change, (what, _) in CHANGES.items() if any(r[0] == change for r in done)]
+    lines += ["", "| change | seed | epoch: R^2 a[0]/a[1], validation error at p = 0.5 | folded |", "|---|---|---|---|"]
+    for change, _, seed, history in done:
+        cells = "; ".join(
+            f"{h['epoch']}: {h['valid_r2'][0]:.2f}/{h['valid_r2'][1]:.2f}, {h['valid_p05_error']:.4f}" for h in history
         )
-        last = min(history[-1]["valid_r2"])
-        lines.append(f"| {change}: {what} | {seed} | {cells} | {'yes' if last < FOLDED_R2 else 'no'} |")
+        folded = "yes" if min(history[-1]["valid_r2"]) < FOLDED_R2 else "no"
+        lines.append(f"| `{change}` | {seed} | {cells} | {folded} |")
     return "\n".join(lines)
 
 

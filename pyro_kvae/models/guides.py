@@ -18,6 +18,7 @@ import pyro.distributions as dist
 import torch
 from pyro.distributions import TorchDistribution, constraints
 
+from ..ops.checks import cholesky
 from ..ops.kalman import backward_sample
 from ..ops.precision import full_precision
 
@@ -84,7 +85,7 @@ class EncoderSmootherPosterior(TorchDistribution):
         A, _, C = self.prior.mix(r.alpha)
         z = backward_sample(r.filtered, A, torch.randn_like(r.filtered.filt_mean))  # (batch, T, dim_z), float64
         noise = torch.randn_like(encoded).unsqueeze(-1)
-        a_un = (C @ z.to(C.dtype).unsqueeze(-1) + torch.linalg.cholesky(self.prior.R) @ noise).squeeze(-1)
+        a_un = (C @ z.to(C.dtype).unsqueeze(-1) + cholesky(self.prior.R, "R") @ noise).squeeze(-1)
         a = torch.where(self.mask.unsqueeze(-1), encoded, a_un)
         self._cache = (a, r)
         return a

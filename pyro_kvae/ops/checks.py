@@ -149,6 +149,16 @@ def check_spd(name: str, x: torch.Tensor) -> None:
         raise ValueError(f"{name} must be positive definite, with shape (..., {n}, {n})")
 
 
+def cholesky(x: torch.Tensor, name: str) -> torch.Tensor:
+    """The lower Cholesky factor of ``x (..., n, n)`` without a host synchronisation
+    (``torch.linalg.cholesky`` checks its result on the host); under Pyro's validation a matrix
+    that is not positive definite raises ``ValueError`` naming ``name``."""
+    L, info = torch.linalg.cholesky_ex(x)
+    if is_validation_enabled() and (info != 0).any():
+        raise ValueError(f"{name} must be positive definite, with shape (..., {x.size(-1)}, {x.size(-1)})")
+    return L
+
+
 def check_observed_finite(a: torch.Tensor, mask: Optional[torch.Tensor]) -> None:
     """Raises ``ValueError`` if an observed encoding ``a (..., T, dim_a)`` is not finite."""
     if not is_validation_enabled():

@@ -50,7 +50,7 @@ from typing import NamedTuple, Optional
 import torch
 from torch.autograd.function import once_differentiable
 
-from .checks import check_lgssm_shapes, check_lgssm_values
+from .checks import check_lgssm_shapes, check_lgssm_values, cholesky
 
 
 def _mv(M: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -323,7 +323,7 @@ def _covariance_recursion(A, C, Q, R, Sigma0, T: int, factors: bool = False):
     operations directly (5 to 10 microseconds each here): helpers would add a third to its time."""
     As, ATs, Cs, CTs = (time_slices(x, T, 2) for x in (A, A.mT, C, C.mT))
     addmm = _addmm_for(A, C, Q, R, Sigma0)
-    cholesky, solve = torch.linalg.cholesky_ex, torch.linalg.solve_triangular
+    cholesky_ex, solve = torch.linalg.cholesky_ex, torch.linalg.solve_triangular
     P = F = Sigma0
     out = ([], [], [], [], [], [])
     for t in range(T):
@@ -331,7 +331,7 @@ def _covariance_recursion(A, C, Q, R, Sigma0, T: int, factors: bool = False):
             P = _sym(addmm(Q, As[t] @ F, ATs[t]))
         D = Cs[t] @ P
         S = addmm(R, D, CTs[t])
-        L = cholesky(S)[0]
+        L = cholesky_ex(S)[0]
         Z = solve(L, D, upper=False)
         F = _sym(addmm(P, Z.mT, Z, alpha=-1.0))  # P - D^T S^{-1} D
         for x, y in zip(out, (P, F, S, D, L, Z) if factors else (P, F, S)):
@@ -655,12 +655,12 @@ def backward_sample(filtered: KalmanFilterResult, A, noise):
     if not isinstance(noise, torch.Tensor) or noise.shape[-2:] != fm.shape[-2:]:
         got = tuple(noise.shape) if isinstance(noise, torch.Tensor) else type(noise).__name__
         raise ValueError(f"noise must have shape sample_shape + (batch, {T}, {fm.size(-1)}), got {got}")
-    L_T = torch.linalg.cholesky(fc[..., -1, :, :])
+    L_T = cholesky(fc[..., -1, :, :], "the last filtered covariance")
     z = fm[..., -1, :] + _mv(L_T, noise[..., -1, :])
     if T == 1:
         return z.unsqueeze(-2)
     J, c, D = _backward_terms(filtered, A)
-    offsets = c + _mv(torch.linalg.cholesky(D), noise[..., :-1, :])  # (..., T-1, dim_z)
+    offsets = c + _mv(cholesky(D, "the backward conditional covariance"), noise[..., :-1, :])  # (..., T-1, dim_z)
     return affine_steps(J, offsets, z, reverse=True)
 
 
