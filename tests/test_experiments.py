@@ -195,3 +195,26 @@ def test_no_committed_results_file_holds_a_machine_path():
     for path in files:
         absolute = [s for s in strings(json.load(open(path))) if os.path.isabs(s)]
         assert absolute == [], f"{os.path.relpath(path, root)} holds {absolute}"
+
+
+def test_experiment_selects_seeds_on_validation_data(tmp_path):
+    data = str(tmp_path / "box.npz")
+    save(data, generate("box", (24, 4, 12), seed=0, progress=False))
+    run = str(tmp_path / "exp")
+    args = ["box", "--data", data, "--run-dir", run, "--epochs", "2", "--n-test", "12", "--dynamics", "mlp",
+            "--rnn-epochs", "2", "--select-seeds", "2", "--select-epochs", "1", "--baseline-seeds", "2"]  # fmt: skip
+    main(args)
+    results = json.load(open(os.path.join(run, "results.json")))
+    for b in results["baselines"].values():
+        scores = b["seed_scores_valid"]
+        assert set(scores) == {"0", "1"} and b["seed"] == int(min(scores, key=scores.get))
+        assert b["imputation_error_valid"] == scores[str(b["seed"])]
+    assert os.path.exists(os.path.join(run, "vae-rnn-seed1.pt")) and os.path.exists(os.path.join(run, "ae-rnn.pt"))
+    selection = json.load(open(os.path.join(run, "kvae", "selection.json")))
+    assert set(selection["scores"]) == {"0", "1"} and results["kvae_epochs"] == 2
+    chosen = json.load(open(os.path.join(run, "kvae", "config.json")))["seed"]
+    assert chosen == selection["chosen_seed"] == int(min(selection["scores"], key=selection["scores"].get))
+    # again: every model continues from its checkpoint, the choices stand
+    mtime = os.path.getmtime(os.path.join(run, "kvae", "checkpoint.pt"))
+    main(args + ["--stage", "evaluate"])
+    assert os.path.getmtime(os.path.join(run, "kvae", "checkpoint.pt")) == mtime

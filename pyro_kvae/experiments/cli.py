@@ -31,6 +31,9 @@ def add_common_args(parser):
         help="train the KVAE with this many seeds (--seed, --seed + 1, ...) for --select-epochs and "
         "continue the one with the lowest validation imputation error (default 1: one run)",
     )
+    parser.add_argument("--baseline-seeds", type=positive_int, default=1,
+                        help="train each baseline with this many seeds and keep the one with the lowest validation "
+                        "imputation error (default 1)")  # fmt: skip
     parser.add_argument("--select-epochs", type=positive_int, default=3,
                         help="epochs of each seed before the choice (default 3)")  # fmt: skip
 

@@ -5,6 +5,7 @@ import argparse
 import csv
 import datetime
 import json
+import math
 import os
 import platform
 import shutil
@@ -84,27 +85,39 @@ def training_seconds(history) -> float:
 
 
 def fit_baselines(config, train, valid, run_dir, epochs, seed, device, overwrite=False, rnn_epochs=None,
-                  only_finished=False, patience=None):  # fmt: skip
+                  only_finished=False, patience=None, seeds=1):  # fmt: skip
     """The AE-RNN and VAE-RNN with the KVAE's encoder/decoder architecture: ``epochs`` of the
     auto-encoder, ``rnn_epochs`` (default ``epochs``) of the LSTM, each model checkpointed in
-    ``run_dir/<name>.pt`` and continued from it. With ``only_finished`` a baseline whose training
-    has not finished is left out instead. Returns ``{name: (model, info)}``."""
+    ``run_dir/<name>.pt`` and continued from it. With ``seeds > 1`` each baseline is trained with
+    seeds ``seed``, ``seed + 1``, ... (the others in ``run_dir/<name>-seed<N>.pt``) and the one with
+    the lowest validation imputation error is kept (model selection on validation data; a 2-d
+    auto-encoder's code can fold as the KVAE's a-space does). With ``only_finished`` a baseline
+    whose training has not finished is left out instead. Returns ``{name: (model, info)}``;
+    ``info["seed"]`` is the seed kept and ``info["seed_scores"]`` every seed's validation error."""
     out = {}
     for name, variational in (("VAE-RNN", True), ("AE-RNN", False)):
-        path = os.path.join(run_dir, f"{name.lower()}.pt")
-        if overwrite and os.path.exists(path):
-            os.remove(path)
-        if only_finished and not (
-            os.path.exists(path) and load_checkpoint(path, keys=("state",))["state"]["stage"] == "done"
-        ):
+        candidates = {}
+        for k in range(seed, seed + seeds):
+            path = os.path.join(run_dir, f"{name.lower()}.pt" if k == seed else f"{name.lower()}-seed{k}.pt")
+            if overwrite and os.path.exists(path):
+                os.remove(path)
+            if only_finished and not (
+                os.path.exists(path) and load_checkpoint(path, keys=("state",))["state"]["stage"] == "done"
+            ):
+                continue
+            torch.manual_seed(k)
+            ref = build_kvae(config)  # same encoder/decoder architecture as the KVAE
+            model = RNNBaseline(ref.encoder, ref.decoder, variational, config.dim_a, likelihood=config.likelihood)
+            info = train_rnn_baseline(model, train.x, epochs, rnn_epochs or epochs, seed=k, device=device,
+                                      valid=valid.x if len(valid) else None, checkpoint=path, lr=config.lr,
+                                      desc=name if seeds == 1 else f"{name} seed {k}", patience=patience)  # fmt: skip
+            candidates[k] = (model.eval(), info)
+        if not candidates:
             continue
-        torch.manual_seed(seed)
-        ref = build_kvae(config)  # same encoder/decoder architecture as the KVAE
-        model = RNNBaseline(ref.encoder, ref.decoder, variational, config.dim_a, likelihood=config.likelihood)
-        info = train_rnn_baseline(model, train.x, epochs, rnn_epochs or epochs, seed=seed, device=device,
-                                  valid=valid.x if len(valid) else None, checkpoint=path, lr=config.lr,
-                                  desc=name, patience=patience)  # fmt: skip
-        out[name] = (model.eval(), info)
+        scores = {k: info["imputation_error_valid"] for k, (_, info) in candidates.items()}
+        best = min(scores, key=lambda k: (math.isnan(scores[k]), scores[k]))
+        model, info = candidates[best]
+        out[name] = (model, {**info, "seed": best, "seed_scores": {str(k): v for k, v in scores.items()}})
     return out
 
 
@@ -140,14 +153,15 @@ def imputation_experiment(args):
         trainer = fit_kvae(config, os.path.join(run_dir, "kvae"), train, valid, meta, args.overwrite)
     if args.stage in ("baselines", "all"):
         baselines = fit_baselines(config, train, valid, run_dir, args.baseline_epochs or args.epochs, args.seed,
-                                  device, args.overwrite, args.rnn_epochs, patience=args.patience)  # fmt: skip
+                                  device, args.overwrite, args.rnn_epochs, patience=args.patience,
+                                  seeds=args.baseline_seeds)  # fmt: skip
     if args.stage == "evaluate":  # what is trained now: the KVAE at its last finished epoch, finished baselines
         settings = {k: v for k, v in config.to_dict().items() if k != "seed" or config.select_seeds == 1}
         trainer = Trainer.resume(os.path.join(run_dir, "kvae"), changes={**settings, **meta})
         print(f"{run_dir}: evaluating the KVAE at epoch {trainer.epoch} of {config.epochs}")
         baselines = fit_baselines(config, train, valid, run_dir, args.baseline_epochs or args.epochs, args.seed,
                                   device, rnn_epochs=args.rnn_epochs, only_finished=True,
-                                  patience=args.patience)  # fmt: skip
+                                  patience=args.patience, seeds=args.baseline_seeds)  # fmt: skip
     elif args.stage != "all":
         return None
 
@@ -180,6 +194,8 @@ def imputation_experiment(args):
                 "reconstruction_error_test": reconstruction_error(b, test.x),
                 "reconstruction_error_valid": info["reconstruction_error_valid"],
                 "imputation_error_valid": info["imputation_error_valid"],
+                "seed": info["seed"],
+                "seed_scores_valid": info["seed_scores"],
                 "train_seconds": training_seconds(info["history"]),
             }
             for name, (b, info) in baselines.items()
