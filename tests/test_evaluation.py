@@ -7,13 +7,12 @@ import os
 import numpy as np
 import pytest
 import torch
+from test_train import SMALL_BOX
 
 from pyro_kvae.config import KVAEConfig, build_kvae
 from pyro_kvae.data import VideoDataset, generate, save
 from pyro_kvae.evaluation import ValidationMonitor, a_space_r2, affine_r2, gap_mask, plot_a_space
 from pyro_kvae.train import Trainer
-
-SMALL_BOX = dict(size=16, T=8, radius=2.0, inset=1.0, init_std=4.0, speed_min=5.0, speed_max=7.5)
 
 
 @pytest.fixture(scope="module")

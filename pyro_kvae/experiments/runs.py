@@ -145,7 +145,7 @@ def imputation_experiment(args):
     config = KVAEConfig(epochs=args.epochs, conv_filters=tuple(args.filters), seed=args.seed, device=device,
                         kf_update_epochs=min(10, args.epochs // 4), dynamics=args.dynamics,
                         likelihood=args.likelihood, select_seeds=args.select_seeds,
-                        select_epochs=min(args.select_epochs, args.epochs),
+                        select_epochs=args.select_epochs,
                         **KVAEConfig.frame_fields(train.frame_shape))  # fmt: skip
     # the data path relative to the working directory, so that a run moves with a clone of the repository
     meta = {"data": os.path.relpath(data), "n_train": len(train)}
