@@ -599,6 +599,14 @@ def _check_nonempty(data, what: str) -> None:
         raise ValueError(f"{what} holds no sequences ({split!r} split of {where})" if where else f"{what} is empty")
 
 
+def run_settings(config: KVAEConfig, meta=None) -> dict:
+    """The settings a run in a run directory must have to be continued as ``config`` (the
+    ``changes`` of :meth:`Trainer.resume`): the config's fields and ``meta``, less the seed
+    where the run chose its own among ``select_seeds`` (:func:`fit_selecting_seed`)."""
+    fields = {k: v for k, v in config.to_dict().items() if k != "seed" or config.select_seeds == 1}
+    return {**fields, **(meta or {})}
+
+
 def fit_selecting_seed(config: KVAEConfig, train, valid, run_dir: str, monitor, meta=None, key="valid_p05_error",
                        **kwargs) -> Trainer:  # fmt: skip
     """
@@ -623,8 +631,9 @@ def fit_selecting_seed(config: KVAEConfig, train, valid, run_dir: str, monitor, 
         raise ValueError(
             "fit_selecting_seed needs a monitor (e.g. pyro_kvae.evaluation.ValidationMonitor) to score seeds"
         )
-    # a run there with other settings is refused (Trainer.resume); the seed is the one chosen
-    settings = {**{k: v for k, v in config.to_dict().items() if k != "seed"}, **(meta or {})}
+    if config.select_seeds < 2:
+        raise ValueError(f"fit_selecting_seed needs config.select_seeds >= 2, got {config.select_seeds}")
+    settings = run_settings(config, meta)  # a run there with other settings is refused (Trainer.resume)
     if not os.path.exists(os.path.join(run_dir, CHECKPOINT)):
         scores = {}
         for seed in range(config.seed, config.seed + config.select_seeds):

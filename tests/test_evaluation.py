@@ -154,5 +154,7 @@ def test_fit_selecting_seed_continues_the_seed_with_the_lowest_validation_error(
 
     with pytest.raises(ValueError, match="lr"):
         fit_selecting_seed(dataclasses.replace(config, lr=0.001), train, None, run, monitor, progress=False)
+    with pytest.raises(ValueError, match="needs config.select_seeds >= 2"):
+        fit_selecting_seed(dataclasses.replace(config, select_seeds=1), train, None, run, monitor)
     with pytest.raises(ValueError, match="needs a monitor"):
         fit_selecting_seed(config, train, None, str(tmp_path / "other"), None)

@@ -23,8 +23,8 @@ import sys
 import torch
 
 from pyro_kvae.config import KVAEConfig
-from pyro_kvae.data import VideoDataset, save
-from pyro_kvae.data.datasets import from_authors
+from pyro_kvae.data import VideoDataset
+from pyro_kvae.data.datasets import authors_dataset
 from pyro_kvae.evaluation import ValidationMonitor
 from pyro_kvae.train import CHECKPOINT, Trainer
 
@@ -66,8 +66,7 @@ def paper_config(seed: int, epochs: int, **overrides) -> KVAEConfig:
 
 def run(change: str, seed: int, epochs: int, n_train: int = 5000) -> None:
     torch.set_flush_denormal(True)
-    if not os.path.exists(DATA):
-        save(DATA, from_authors("box", "datasets/authors"))
+    authors_dataset("box", "datasets/authors", DATA)
     train = VideoDataset(DATA, "train").take(n_train)
     valid = VideoDataset(DATA, "valid").take(300)
     monitor = ValidationMonitor(valid.x, valid.tensors["position"])

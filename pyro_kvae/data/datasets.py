@@ -181,6 +181,21 @@ def from_authors(env: str, folder: str, n_valid: int = 500) -> Dict[str, np.ndar
     return data
 
 
+def authors_dataset(env: str, folder: str, path: str) -> str:
+    """The paper's dataset of ``env`` (:func:`from_authors`) cached in ``path``: built if missing,
+    and built again (saying so) when it was not built from the authors' files in ``folder`` as
+    they are now (:func:`built_from`). Returns ``path``.
+
+    :raises FileNotFoundError: as :func:`authors_files`, before any work.
+    """
+    files = authors_files(env, folder)
+    if not os.path.exists(path) or not built_from(path, *files):
+        if os.path.exists(path):
+            print(f"{os.path.relpath(path)} was not built from {', '.join(files)} as they are now: rebuilding it")
+        save(path, from_authors(env, folder))
+    return path
+
+
 def save(path: str, data: Dict[str, np.ndarray]) -> None:
     """Writes ``data`` to ``path`` (.npz, compressed) atomically: a reader never sees a partial file."""
     atomic_write(path, lambda f: np.savez_compressed(f, **data))

@@ -17,13 +17,13 @@ import torch
 
 from ..baselines import DMM, DVBF, RNNBaseline, reconstruction_error, train_rnn_baseline, train_sequence_model
 from ..config import KVAEConfig, build_kvae
-from ..data import VideoDataset, save
-from ..data.datasets import authors_files, built_from, from_authors
+from ..data import VideoDataset
+from ..data.datasets import authors_dataset
 from ..evaluation import PAPER_FIG3, PAPER_TABLE1, T_INIT, ValidationMonitor, imputation_table, test_elbo
 from ..files import write_json
 from ..imputation import impute
 from ..plotting import plot_training
-from ..train import CHECKPOINT, Trainer, fit_selecting_seed, load_checkpoint
+from ..train import CHECKPOINT, Trainer, fit_selecting_seed, load_checkpoint, run_settings
 from .report import figures, imputation_heading, markdown_tables, pendulum_markdown, plot_curves
 
 IMPUTATION_ENVS = ("box", "box_gravity", "polygon", "pong")
@@ -71,7 +71,7 @@ def fit_kvae(config: KVAEConfig, run_dir: str, train, valid=None, meta=None, ove
             shutil.rmtree(run_dir)
         return fit_selecting_seed(config, train, valid, run_dir, monitor, meta)
     if not overwrite and os.path.exists(os.path.join(run_dir, CHECKPOINT)):
-        trainer = Trainer.resume(run_dir, changes={**config.to_dict(), **(meta or {})}, monitor=monitor)
+        trainer = Trainer.resume(run_dir, changes=run_settings(config, meta), monitor=monitor)
         print(f"{run_dir}: resumed at epoch {trainer.epoch} of {config.epochs}")
     else:
         trainer = Trainer(config, run_dir=run_dir, meta=meta, overwrite=overwrite, monitor=monitor)
@@ -128,15 +128,11 @@ def imputation_experiment(args):
     run_dir = args.run_dir or (f"experiments/authors_{args.env}" if args.authors else f"runs/experiments/{args.env}")
     os.makedirs(run_dir, exist_ok=True)
     data = os.path.abspath(args.data or (f"data/authors_{args.env}" if args.authors else f"data/{args.env}") + ".npz")
-    if args.authors:  # built from the authors' files (deterministic), again whenever they are other files
+    if args.authors:
         try:
-            files = authors_files(args.env, args.authors)
+            authors_dataset(args.env, args.authors, data)
         except FileNotFoundError as e:
             raise SystemExit(f"error: --authors: {e}") from None
-        if not os.path.exists(data) or not built_from(data, *files):
-            if os.path.exists(data):
-                print(f"{os.path.relpath(data)} was not built from {', '.join(files)} as they are now: rebuilding it")
-            save(data, from_authors(args.env, args.authors))
     train = VideoDataset(data, "train", env=args.env, seed=args.seed)
     valid = VideoDataset(data, "valid", seed=args.seed)
     test = VideoDataset(data, "test", seed=args.seed).take(args.n_test)
@@ -156,8 +152,7 @@ def imputation_experiment(args):
                                   device, args.overwrite, args.rnn_epochs, patience=args.patience,
                                   seeds=args.baseline_seeds)  # fmt: skip
     if args.stage == "evaluate":  # what is trained now: the KVAE at its last finished epoch, finished baselines
-        settings = {k: v for k, v in config.to_dict().items() if k != "seed" or config.select_seeds == 1}
-        trainer = Trainer.resume(os.path.join(run_dir, "kvae"), changes={**settings, **meta})
+        trainer = Trainer.resume(os.path.join(run_dir, "kvae"), changes=run_settings(config, meta))
         print(f"{run_dir}: evaluating the KVAE at epoch {trainer.epoch} of {config.epochs}")
         baselines = fit_baselines(config, train, valid, run_dir, args.baseline_epochs or args.epochs, args.seed,
                                   device, rnn_epochs=args.rnn_epochs, only_finished=True,
