@@ -1,12 +1,27 @@
 # SPDX-License-Identifier: Apache-2.0
 """Figures and GIFs for KVAE runs (matplotlib, headless)."""
 
+import os
+
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib import animation  # noqa: E402
+
+
+def _save(fig, path, **kwargs):
+    """Writes ``fig`` to ``path`` (its folder made if missing) and closes it."""
+    _make_folder(path)
+    fig.savefig(path, dpi=100, **kwargs)
+    plt.close(fig)
+
+
+def _make_folder(path):
+    folder = os.path.dirname(os.fspath(path))
+    if folder:
+        os.makedirs(folder, exist_ok=True)
 
 
 def _np(x):
@@ -45,8 +60,7 @@ def plot_training(history, path):
         else:
             a.set(xlabel="epoch", ylabel="wrong pixels, smoothing", title="imputation at p = 0.5 (validation)")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def plot_imputation(rows, mask, path, titles):
@@ -68,8 +82,7 @@ def plot_imputation(rows, mask, path, titles):
                     spine.set_edgecolor("red")
                     spine.set_linewidth(1.5)
         axes[r, 0].set_ylabel(title, rotation=0, ha="right", va="center", fontsize=8)
-    fig.savefig(path, dpi=100, bbox_inches="tight")
-    plt.close(fig)
+    _save(fig, path, bbox_inches="tight")
 
 
 def plot_trajectories(trajectories, mask, path, labels):
@@ -84,8 +97,7 @@ def plot_trajectories(trajectories, mask, path, labels):
     ax.plot(a0[0, 0], a0[0, 1], "kh", ms=9, label="start")
     ax.legend(fontsize=7)
     ax.set(xlabel="a[0]", ylabel="a[1]")
-    fig.savefig(path, dpi=100, bbox_inches="tight")
-    plt.close(fig)
+    _save(fig, path, bbox_inches="tight")
 
 
 def save_gif(rows, path, titles, fps=4):
@@ -104,6 +116,7 @@ def save_gif(rows, path, titles, fps=4):
         return images
 
     anim = animation.FuncAnimation(fig, update, frames=rows[0].shape[0])
+    _make_folder(path)
     anim.save(path, writer=animation.PillowWriter(fps=fps))
     plt.close(fig)
 
@@ -134,5 +147,4 @@ def plot_a_space(a, position, trajectories, path, position_names=("x", "y")):
     ax.legend(fontsize=7)
     ax.set(xlabel="a[0]", ylabel="a[1]", title="trajectories with a gap (fig. 3c)")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _save(fig, path)

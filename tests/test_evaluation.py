@@ -62,6 +62,13 @@ def test_a_space_r2_of_an_encoder_that_reads_the_position(videos):
     assert r2.shape == (2,) and (r2 > 0.97).all()
 
 
+def test_plot_a_space_makes_its_folder(videos, tmp_path):
+    train, _ = videos
+    path = tmp_path / "not" / "yet" / "a_space.png"  # as `runs/` on a fresh clone
+    plot_a_space(small_kvae(), train.x[:8], train.tensors["position"][:8], str(path), trajectories=2, frames=64)
+    assert path.stat().st_size > 1000
+
+
 def test_bad_positions_are_named(videos):
     train, _ = videos
     kvae = small_kvae()
