@@ -3,8 +3,9 @@
 Training speed of the default KVAE (paper settings) on the bouncing-ball set.
 
 Where the time of one training step goes (forward + backward for one batch of
-32 sequences x 20 frames, each part timed alone, with its share of the step and
-its FLOP rate), and the epoch time against the matmul roofline of its FLOPs (a
+32 sequences x 20 frames, each part timed alone, with its share of the step, its
+FLOP rate and its operator calls: on a GPU nearly each is a kernel launch), and
+the epoch time against the matmul roofline of its FLOPs (a
 2048 x 2048 float32 product, timed in alternation with ``--batches`` training steps)::
 
     python benchmarks/bench_training.py [--data data/box.npz] [--batches 20] [--device cpu]
@@ -34,8 +35,8 @@ os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")  # as the training entry poin
 
 import lightning  # noqa: E402
 import torch  # noqa: E402
-from pyro.infer import Trace_ELBO  # noqa: E402
 
+from pyro_kvae.bounds import SyncFreeTrace_ELBO  # noqa: E402
 from pyro_kvae.config import KVAEConfig  # noqa: E402
 from pyro_kvae.data import VideoDataset  # noqa: E402
 from pyro_kvae.train import Trainer  # noqa: E402
@@ -62,7 +63,7 @@ def components(args, data):
     x = data.x[: config.batch_size].to(device)
     loc, scale = model.encoder(x)
     a = (loc + scale * torch.randn_like(scale)).detach().requires_grad_()
-    elbo = Trace_ELBO()
+    elbo = SyncFreeTrace_ELBO()
 
     def step():
         optimizer.zero_grad()
@@ -80,13 +81,16 @@ def components(args, data):
     peak = matmul_gflops(device)
     print(f"torch {torch.__version__}, {device}, {torch.get_num_threads()} threads, batch {config.batch_size} x T 20, "
           f"{config.conv_filters} filters; float32 matmul 2048 x 2048 at the start: {peak:.0f} GFLOPS")  # fmt: skip
-    print("| part (forward + backward) | ms | share of the step | GFLOP | GFLOPS |")
-    print("|---|---|---|---|---|")
+    print("| part (forward + backward) | ms | share of the step | GFLOP | GFLOPS | operator calls | leaf compute ops |")
+    print("|---|---|---|---|---|---|---|")
     full = None
     for name, fn in parts.items():
-        ms, gflop = timed(fn, device), flops(fn) / 1e9
-        full = full or ms
-        print(f"| {name} | {ms:.1f} | {100 * ms / full:.0f} % | {gflop:.2f} | {gflop / ms * 1e3:.0f} |")
+        ms, gflop, (calls, leaves) = timed(fn, device), flops(fn) / 1e9, count_ops(fn)
+        full = full or (ms, calls, leaves)
+        print(
+            f"| {name} | {ms:.1f} | {100 * ms / full[0]:.0f} % | {gflop:.2f} | {gflop / ms * 1e3:.0f} | "
+            f"{calls} ({100 * calls / full[1]:.0f} %) | {leaves} ({100 * leaves / full[2]:.0f} %) |"
+        )
     n, step_flops = len(data) // config.batch_size, flops(step)
     # the step (+ Adam) and the matmul in alternation, one of each per round, so that both see the same load
     # (this machine's matmul alone measured 110 to 160 GFLOPS in runs minutes apart)
@@ -153,7 +157,7 @@ def missing(args, data):
     device = torch.device(config.device)
     x = data.x[: config.batch_size].to(device)
     mask = random_mask(x.shape[:2], 0.3, 4, generator=torch.Generator().manual_seed(0), device=device)
-    elbo = Trace_ELBO()
+    elbo = SyncFreeTrace_ELBO()
     print(f"torch {torch.__version__}, {device}, {torch.get_num_threads()} threads, batch {config.batch_size} x T 20")
     print("| frames | step (ms) | operator calls | leaf compute ops |")
     print("|---|---|---|---|")

@@ -7,7 +7,8 @@ One command that checks the GPU path and measures it::
 
 1. the loss of one batch on the device against the CPU (same weights, the
    deterministic EncoderMeanGuide), relative difference below --tolerance;
-2. host synchronisations in one training step (``torch.cuda.set_sync_debug_mode``);
+2. host synchronisations in one training step (``torch.cuda.set_sync_debug_mode``): Pyro's
+   Trace_ELBO, and SyncFreeTrace_ELBO with Pyro's validation on and off (off: must be 0);
 3. the test suite's CUDA tests (``pytest -k cuda``);
 4. the quick demo's training (Lightning) on 1 device, precision 32 and bf16-mixed:
    sequences per second over the last of two epochs;
@@ -31,10 +32,11 @@ from pyro.infer import Trace_ELBO
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_training import EpochTimer, timed  # noqa: E402
 
+from pyro_kvae.bounds import SyncFreeTrace_ELBO  # noqa: E402
 from pyro_kvae.config import KVAEConfig, build_kvae  # noqa: E402
 from pyro_kvae.data import VideoDataset, generate, save  # noqa: E402
 from pyro_kvae.models import EncoderMeanGuide  # noqa: E402
-from pyro_kvae.train import Trainer  # noqa: E402
+from pyro_kvae.train import Trainer, random_mask  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 QUICK = dict(conv_filters=(16, 16, 16), kf_update_epochs=1)  # the demo's network
@@ -66,22 +68,43 @@ def loss_agreement(args, data, device, settings):
 
 
 def host_syncs(data, device, settings):
+    """Host synchronisations in one training step (ELBO, backward, clipping, Adam) with 30 % of frames
+    missing: Pyro's Trace_ELBO with validation on (as before), the package's SyncFreeTrace_ELBO with
+    validation on (the Trainer's first step of an epoch) and off (its other steps; must be 0)."""
     if device == "cpu":
         print("[skip] host synchronisations: counted on CUDA only")
         return True
     kvae = build_kvae(KVAEConfig(**settings)).to(device)
+    kvae.check_frames = False  # the Trainer checks a dataset's frames once, before its steps
     x = data.x[:32].to(device)
-    Trace_ELBO().differentiable_loss(kvae.model, kvae.guide, x).backward()  # warm up
-    torch.cuda.set_sync_debug_mode("warn")
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        Trace_ELBO().differentiable_loss(kvae.model, kvae.guide, x).backward()
-    torch.cuda.set_sync_debug_mode("default")
-    syncs = [w for w in caught if "synchroniz" in str(w.message)]
-    print(f"[info] host synchronisations in one training step (pyro validation on): {len(syncs)}")
-    for w in syncs[:10]:
-        print(f"         {w.filename}:{w.lineno}")
-    return True
+    mask = random_mask(x.shape[:2], 0.3, 4, generator=torch.Generator().manual_seed(0), device=device)
+    opt = torch.optim.Adam(kvae.parameters(), lr=1e-3)
+
+    def step(elbo):
+        (elbo.differentiable_loss(kvae.model, kvae.guide, x, None, mask) / x.shape[0]).backward()
+        torch.nn.utils.clip_grad_norm_(kvae.parameters(), 150.0, foreach=True)
+        opt.step()
+        opt.zero_grad()
+
+    ok = True
+    for name, elbo, validate in (("Trace_ELBO, validation on", Trace_ELBO(), True),
+                                 ("SyncFreeTrace_ELBO, validation on", SyncFreeTrace_ELBO(), True),
+                                 ("SyncFreeTrace_ELBO, validation off", SyncFreeTrace_ELBO(), False)):  # fmt: skip
+        with pyro.validation_enabled(validate):
+            step(elbo)  # warm up
+            torch.cuda.synchronize()
+            torch.cuda.set_sync_debug_mode("warn")
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                step(elbo)
+            torch.cuda.set_sync_debug_mode("default")
+        syncs = [w for w in caught if "synchroniz" in str(w.message)]
+        bad = not validate and syncs
+        ok = ok and not bad
+        print(f"[{'FAIL' if bad else 'info'}] host synchronisations in one training step ({name}): {len(syncs)}")
+        for w in syncs[:10]:
+            print(f"         {w.filename}:{w.lineno}")
+    return ok
 
 
 def cuda_tests(args):
@@ -119,7 +142,9 @@ def kalman_share(data, device, settings):
     x = data.x[:32].to(device)
     loc, scale = kvae.encoder(x)
     a = (loc + scale * torch.randn_like(scale)).detach().requires_grad_()
-    step = timed(lambda: Trace_ELBO().differentiable_loss(kvae.model, kvae.guide, x).backward(), torch.device(device))
+    step = timed(
+        lambda: SyncFreeTrace_ELBO().differentiable_loss(kvae.model, kvae.guide, x).backward(), torch.device(device)
+    )
     alpha = kvae.prior.dynamics(a).detach()
     kalman = timed(lambda: kvae.prior.lgssm(alpha).log_prob(a).sum().backward(), torch.device(device))
     print(

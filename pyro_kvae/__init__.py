@@ -26,6 +26,7 @@ _API = {
     "pixel_error": "imputation",
     "Imputation": "imputation",
     "importance_weighted_bound": "bounds",
+    "SyncFreeTrace_ELBO": "bounds",
     "LinearGaussianSSM": "distributions",
     "KVAE": "models",
     "KalmanPrior": "models",

@@ -1,6 +1,7 @@
 # SPDX-License-Identifier: Apache-2.0
 """
-Importance-weighted bounds on ``log p(x)`` (Burda et al. 2016) for any model and guide.
+Bounds on ``log p(x)`` for any model and guide: the ELBO without host synchronisation
+(:class:`SyncFreeTrace_ELBO`), and importance-weighted bounds (Burda et al. 2016).
 
 With ``K`` particles ``a_k ~ q(a | x)`` drawn at once (a particle plate at dim -2,
 as Pyro's ``vectorize_particles`` does)::
@@ -16,6 +17,55 @@ import math
 import pyro
 import torch
 from pyro import poutine
+from pyro.distributions.util import is_identically_zero
+from pyro.infer import Trace_ELBO
+from pyro.infer.trace_elbo import _compute_log_r
+
+
+class SyncFreeTrace_ELBO(Trace_ELBO):
+    """
+    :class:`pyro.infer.Trace_ELBO` with the same loss and the same gradients, whose
+    :meth:`differentiable_loss` never waits on the device: Pyro's reads each sample site's
+    ``log_prob_sum`` as a Python float (``.item()``) and tests the loss for NaN on the host
+    (``warn_if_nan``, also as a hook in backward), five host synchronisations per training step
+    of the KVAE. Here the loss stays a tensor; a non-finite loss is the caller's to check, as
+    :class:`~pyro_kvae.train.Trainer` does once per epoch.
+
+    Sites without reparameterised samplers get Pyro's score-function terms, as in
+    :class:`~pyro.infer.Trace_ELBO`.
+    """
+
+    def differentiable_loss(self, model, guide, *args, **kwargs):
+        loss = 0.0
+        for model_trace, guide_trace in self._get_traces(model, guide, args, kwargs):
+            elbo, surrogate = self._particle(model_trace, guide_trace)
+            # the value of the ELBO with the gradient of the surrogate (Pyro: loss + (s - s.item()))
+            loss = loss - (_detach(elbo) + (surrogate - _detach(surrogate))) / self.num_particles
+        return loss
+
+    @staticmethod
+    def _particle(model_trace, guide_trace):
+        elbo = surrogate = 0.0
+        log_r = None
+        for site in model_trace.nodes.values():
+            if site["type"] == "sample":
+                elbo = elbo + site["log_prob_sum"]
+                surrogate = surrogate + site["log_prob_sum"]
+        for site in guide_trace.nodes.values():
+            if site["type"] == "sample":
+                _, score_function_term, entropy_term = site["score_parts"]
+                elbo = elbo - site["log_prob_sum"]
+                if not is_identically_zero(entropy_term):
+                    surrogate = surrogate - entropy_term.sum()
+                if not is_identically_zero(score_function_term):
+                    if log_r is None:
+                        log_r = _compute_log_r(model_trace, guide_trace)
+                    surrogate = surrogate + (log_r.sum_to(site["cond_indep_stack"]) * score_function_term).sum()
+        return elbo, surrogate
+
+
+def _detach(x):
+    return x.detach() if isinstance(x, torch.Tensor) else x
 
 
 def log_weights(model, guide, num_particles: int, *args, **kwargs) -> torch.Tensor:

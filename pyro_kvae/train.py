@@ -6,7 +6,8 @@ torch one, and Lightning runs the loop on one or many devices and nodes (DDP),
 with mixed precision for the networks.
 
 :class:`KVAETrainingPlan` is the :class:`lightning.LightningModule`: ``training_step``
-is the negative ELBO per sequence (``Trace_ELBO``), ``configure_optimizers`` the
+is the negative ELBO per sequence (:class:`~pyro_kvae.bounds.SyncFreeTrace_ELBO`, Pyro's
+``Trace_ELBO`` without host synchronisation), ``configure_optimizers`` the
 reference schedule (Adam, ``StepLR`` 0.85 every 20 epochs; Lightning clips the
 global gradient norm at 150), and ``on_after_backward`` freezes the dynamics
 network for the first ``kf_update_epochs``. :class:`Trainer` keeps this project's
@@ -41,9 +42,9 @@ import pyro
 import torch
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
-from pyro.infer import Trace_ELBO
+from pyro.distributions.util import is_validation_enabled
 
-from .bounds import importance_weighted_bound
+from .bounds import SyncFreeTrace_ELBO, importance_weighted_bound
 from .config import KVAEConfig, build_kvae, check_device
 from .files import append_jsonl, atomic_write, remove_temporaries, unreadable, write_json, write_jsonl
 from .models.kvae import check_frame_values
@@ -166,7 +167,7 @@ class KVAETrainingPlan(lightning.LightningModule):
         self.kvae, self.config, self._owner = kvae, config, owner
         self.guide_module = guide if isinstance(guide, torch.nn.Module) and guide is not kvae else None
         self.guide = guide
-        self.elbo = Trace_ELBO()
+        self.elbo = SyncFreeTrace_ELBO()
         self.train_data = self.valid_data = None
 
     def _split(self, batch):
@@ -180,7 +181,10 @@ class KVAETrainingPlan(lightning.LightningModule):
         if c.train_miss_prob > 0:
             mask = random_mask(x.shape[:2], c.train_miss_prob, c.t_init_train_miss, device=x.device)
         self.kvae.scale_reconstruction = c.scale_reconstruction
-        loss = self.elbo.differentiable_loss(self.kvae.model, self.guide, x, u, mask) / x.shape[0]
+        # Pyro's validation (when on) checks the first step of each epoch; its checks read tensors on
+        # the host, and the steps after it do not wait on the device (the frames are checked in fit)
+        with pyro.validation_enabled(is_validation_enabled() and batch_idx == 0):
+            loss = self.elbo.differentiable_loss(self.kvae.model, self.guide, x, u, mask) / x.shape[0]
         if c.loss_per_frame:
             loss = loss / x.shape[1]
         # accumulated on the device and reduced once per epoch: no host sync per step
@@ -342,7 +346,7 @@ class Trainer:
         self.model = (model if model is not None else build_kvae(config)).to(self.device)
         self.guide = guide if guide is not None else self.model.guide
         self.plan = KVAETrainingPlan(self.model, self.guide, config, self)
-        self.elbo = Trace_ELBO()
+        self.elbo = SyncFreeTrace_ELBO()
         self.epoch = 0
         self.history = []
         self._scratch = None

@@ -5,6 +5,7 @@ import json
 import math
 import os
 
+import pyro
 import pytest
 import torch
 
@@ -130,33 +131,58 @@ def test_transition_modes_frozen_for_first_epochs(tiny_videos):
     assert not torch.equal(A0, trainer.model.prior.A)
 
 
+def test_pyro_validation_checks_the_first_step_of_each_epoch(tiny_videos):
+    """Pyro's validation, when on, runs in the first training step of each epoch and not after it
+    (its checks read tensors on the host); when off, it stays off."""
+    from pyro.distributions.util import is_validation_enabled
+
+    train, _ = tiny_videos
+    trainer = Trainer(config(epochs=2), progress=False)
+    seen, model = [], trainer.model.model
+
+    def spying_model(*args, **kwargs):
+        seen.append(is_validation_enabled())
+        return model(*args, **kwargs)
+
+    trainer.plan.kvae.model = spying_model
+    steps = len(train) // 16
+    with pyro.validation_enabled(True):
+        trainer.fit(train)
+        assert is_validation_enabled()
+    assert seen == 2 * ([True] + [False] * (steps - 1))
+    seen.clear()
+    with pyro.validation_enabled(False):
+        trainer.fit(train, epochs=3)
+    assert seen == [False] * steps
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_training_step_has_no_host_synchronisation(tiny_videos):
     """With Pyro's validation off, a training step (ELBO, backward, clipping, Adam) never waits on the GPU."""
-    import pyro
-    from pyro.infer import Trace_ELBO
-
+    from pyro_kvae.bounds import SyncFreeTrace_ELBO
     from pyro_kvae.config import build_kvae
 
     train, _ = tiny_videos
     kvae = build_kvae(config(dynamics="lstm")).cuda()
     kvae.check_frames = False  # the trainer checks a dataset's frames once, before its steps
     x = train.x[:16].cuda()
-    elbo = Trace_ELBO()
+    mask = torch.rand(x.shape[:2], device="cuda") > 0.3  # missing frames: the guide's conditional filter
+    mask[:, :4] = True
+    elbo = SyncFreeTrace_ELBO()
     opt = torch.optim.Adam(kvae.parameters(), lr=1e-3)
 
     def step():
-        loss = elbo.differentiable_loss(kvae.model, kvae.guide, x) / x.shape[0]
+        loss = elbo.differentiable_loss(kvae.model, kvae.guide, x, None, mask) / x.shape[0]
         loss.backward()
         torch.nn.utils.clip_grad_norm_(kvae.parameters(), 150.0, foreach=True)
         opt.step()
         opt.zero_grad()
 
-    pyro.enable_validation(False)
-    step()  # first step: lazy initialisations
-    torch.cuda.synchronize()
-    torch.cuda.set_sync_debug_mode("error")
-    try:
-        step()
-    finally:
-        torch.cuda.set_sync_debug_mode(0)
+    with pyro.validation_enabled(False):
+        step()  # first step: lazy initialisations
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            step()
+        finally:
+            torch.cuda.set_sync_debug_mode(0)

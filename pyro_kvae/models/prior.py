@@ -23,6 +23,7 @@ from torch import nn
 
 from ..distributions import LinearGaussianSSM
 from ..nn.dynamics import DynamicsNetwork
+from ..ops.checks import cholesky
 from ..ops.kalman import (
     CovariancePass,
     KalmanFilterResult,
@@ -196,7 +197,7 @@ class KalmanPrior(PyroModule):
         """
         batch_shape = torch.Size(batch_shape)
         u = self._check_u(u, batch_shape + (T,))
-        L_Q, L_R, L_S = (torch.linalg.cholesky(m) for m in (self.Q, self.R, self.Sigma0))
+        L_Q, L_R, L_S = (cholesky(m, name) for m, name in ((self.Q, "Q"), (self.R, "R"), (self.Sigma0, "Sigma0")))
 
         def noise(L):
             eps = torch.randn(batch_shape + (L.size(-1), 1), device=L.device, dtype=L.dtype)
@@ -300,7 +301,7 @@ class KalmanPrior(PyroModule):
             picks = (pick.flatten(0, 1) * missing[..., None, None]).unbind(1)  # T x (N, n da d, da)
         observed, a_cols, a_steps = observed.unbind(1), a_cols.unbind(1), a.unbind(1)
         M = _state(self.mu0.to(f64), self.Sigma0.to(f64)).repeat(n, 1).expand(N, n * d, d)
-        L_R = torch.linalg.cholesky(R)
+        L_R = cholesky(R, "R")
         a_prev = self.dynamics.a0.to(f64).expand(N, da)
         out = {k: [] for k in ("alpha", "a", "pred", "filt", "S", "D")}
         for t in range(T):
@@ -317,7 +318,7 @@ class KalmanPrior(PyroModule):
                 M = torch.baddbmm(Qb, ArT @ M, Ar)  # [[A P A^T + Q, A m + b], [., s]]
             pred, X = M, Cn @ M  # X = [C P | C m]: the predicted a_t is the last column of its first rows
             if sample:
-                L = torch.linalg.cholesky(pred[:, :dz, :dz])
+                L = cholesky(pred[:, :dz, :dz], "the predicted covariance of z_t")
                 z_hat = pred[:, :dz, dz] + (L @ torch.randn_like(pred[:, :dz, dz]).unsqueeze(-1)).squeeze(-1)
                 v = L_R @ torch.randn(N, da, 1, dtype=f64, device=dev)
                 a_hat = (Ct[..., :dz] @ z_hat.unsqueeze(-1) + v).squeeze(-1)

@@ -32,7 +32,7 @@ from pyro.ops.gaussian import (
     sequential_gaussian_tensordot,
 )
 
-from .checks import LGSSMArgs, broadcast_lgssm
+from .checks import LGSSMArgs, broadcast_lgssm, cholesky
 
 _DEFAULT = torch.float64
 
@@ -182,7 +182,7 @@ def lgssm_prior_rsample(
         z = init.rsample(sample_shape).unsqueeze(-2)
     else:
         z = sequential_gaussian_filter_sample(init, trans, tuple(sample_shape))
-    L_R = torch.linalg.cholesky(p.R).unsqueeze(-3)
+    L_R = cholesky(p.R, "R").unsqueeze(-3)
     eps = torch.randn(z.shape[:-1] + (p.shape.dim_a, 1), dtype=z.dtype, device=z.device)
     a = (p.C @ z.unsqueeze(-1) + L_R @ eps).squeeze(-1)
     return z.to(A.dtype), a.to(A.dtype)

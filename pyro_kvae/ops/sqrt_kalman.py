@@ -29,7 +29,7 @@ from typing import NamedTuple
 
 import torch
 
-from .checks import broadcast_lgssm
+from .checks import broadcast_lgssm, cholesky
 
 
 def tria(M: torch.Tensor) -> torch.Tensor:
@@ -76,8 +76,8 @@ def sqrt_kalman_filter(a, A, C, Q, R, mu0, Sigma0, b=None, mask=None) -> SqrtFil
     """
     p = broadcast_lgssm(A, C, Q, R, mu0, Sigma0, b=b, mask=mask, a=a)
     dz, da = p.shape.dim_z, p.shape.dim_a
-    L_Q, L_R = torch.linalg.cholesky(p.Q), torch.linalg.cholesky(p.R)
-    mean, S = p.mu0, torch.linalg.cholesky(p.Sigma0)
+    L_Q, L_R = cholesky(p.Q, "Q"), cholesky(p.R, "R")
+    mean, S = p.mu0, cholesky(p.Sigma0, "Sigma0")
     zeros = L_R.new_zeros(()).expand(p.shape.batch_shape + (dz, da))
     const = 0.5 * da * math.log(2 * math.pi)
     outs = []
@@ -135,7 +135,7 @@ def sqrt_rts_smoother(filtered: SqrtFilterResult, A, Q) -> SqrtSmootherResult:
     fm, fs, pm = filtered.filt_mean, filtered.filt_scale_tril, filtered.pred_mean
     batch, T, dz = fm.shape[:-2], fm.size(-2), fm.size(-1)
     A = A.to(fm.dtype).expand(batch + (T, dz, dz))
-    L_Q = torch.linalg.cholesky(Q.to(fm.dtype)).expand(batch + (dz, dz))
+    L_Q = cholesky(Q.to(fm.dtype), "Q").expand(batch + (dz, dz))
     zeros = L_Q.new_zeros(()).expand(batch + (dz, dz))
     mean, S = fm[..., -1, :], fs[..., -1, :, :]
     means, scales, gains, conds = [mean], [S], [], []
