@@ -18,6 +18,14 @@ a GPU::
 
     python benchmarks/bench_training.py --missing [--threads 2]
 
+Host reads in one training step (loss, backward, clipping, Adam; all frames observed and
+30 % missing), Pyro's ``Trace_ELBO`` against ``SyncFreeTrace_ELBO``, Pyro's validation on
+and off: Python-level reads of a tensor's value (``item``, ``bool``, ``float``, ...), each
+a wait on the device on a GPU (Adam's step counters live on the host and are left out;
+``benchmarks/gpu_check.py`` counts every synchronisation on a GPU)::
+
+    python benchmarks/bench_training.py --host-reads
+
 Throughput of the real training loop (Lightning), in sequences per second over
 the last of ``--epochs`` epochs, on ``--devices`` processes (DDP when more than one;
 ``--threads`` is shared out between them)::
@@ -186,6 +194,61 @@ def missing(args, data):
     )
 
 
+def host_reads(args, data):
+    import collections
+    import traceback
+
+    import pyro
+    from pyro.infer import Trace_ELBO
+
+    from pyro_kvae.train import random_mask
+
+    config = KVAEConfig(device=args.device, kf_update_epochs=0)
+    model = Trainer(config, progress=False).model
+    model.check_frames = False  # the Trainer checks a dataset's frames once, before its steps
+    x = data.x[: config.batch_size]
+    masks = {"all observed": None, "30 % missing": random_mask(x.shape[:2], 0.3, 4, torch.Generator().manual_seed(0))}
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    names = ("item", "tolist", "__bool__", "__float__", "__int__", "__index__")
+    originals = {name: getattr(torch.Tensor, name) for name in names}
+    reads = collections.Counter()
+
+    def spy(name):
+        def read(self, *a, **k):
+            where = traceback.extract_stack(limit=3)[0]
+            if "torch/optim" not in where.filename:
+                reads[f"{os.path.relpath(where.filename)}:{where.lineno}"] += 1
+            return originals[name](self, *a, **k)
+
+        return read
+
+    def step(elbo, mask):
+        (elbo.differentiable_loss(model.model, model.guide, x, None, mask) / x.shape[0]).backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip_norm, foreach=True)
+        optimizer.step()
+        optimizer.zero_grad()
+
+    print(f"torch {torch.__version__}, pyro {pyro.__version__}, batch {config.batch_size} x T 20")
+    print("| ELBO | Pyro validation | all observed | 30 % missing |")
+    print("|---|---|---|---|")
+    for elbo in (Trace_ELBO(), SyncFreeTrace_ELBO()):
+        for validate in (True, False):
+            counts = []
+            for mask in masks.values():
+                with pyro.validation_enabled(validate):
+                    step(elbo, mask)  # lazy initialisations
+                    reads.clear()
+                    try:
+                        for name in names:
+                            setattr(torch.Tensor, name, spy(name))
+                        step(elbo, mask)
+                    finally:
+                        for name, fn in originals.items():
+                            setattr(torch.Tensor, name, fn)
+                counts.append(sum(reads.values()))
+            print(f"| {type(elbo).__name__} | {'on' if validate else 'off'} | {counts[0]} | {counts[1]} |")
+
+
 class EpochTimer(lightning.Callback):
     def on_train_epoch_start(self, trainer, module):
         self.start = time.perf_counter()
@@ -217,6 +280,8 @@ def main(args):
         throughput(args, data)
     elif args.missing:
         missing(args, data)
+    elif args.host_reads:
+        host_reads(args, data)
     else:
         components(args, data)
 
@@ -229,6 +294,7 @@ if __name__ == "__main__":
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--throughput", action="store_true", help="time the real training loop instead")
     parser.add_argument("--missing", action="store_true", help="a step with 30 %% of frames missing against none")
+    parser.add_argument("--host-reads", action="store_true", help="count a step's reads of tensors on the host")
     parser.add_argument("--devices", type=int, default=1)
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--n-train", type=int, default=1024)
