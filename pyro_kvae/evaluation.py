@@ -89,10 +89,13 @@ def affine_r2(a: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
     """
     ``R^2`` of the least-squares fit of each coordinate of ``a (..., dim_a)`` by an affine
     function of ``position (..., dims)``: ``(dim_a,)``, in float64. 1 means ``a`` is an
-    affine image of the position; a coordinate that does not vary gets 0.
+    affine image of the position; a coordinate that does not vary gets 0. Rows whose position
+    is not finite (unknown: NaN) are left out.
     """
     a = a.reshape(-1, a.size(-1)).double().cpu()
     P = position.reshape(-1, position.size(-1)).double().cpu()
+    known = torch.isfinite(P).all(-1)
+    a, P = a[known], P[known]
     X = torch.cat([P, torch.ones(len(P), 1, dtype=P.dtype)], 1)
     residual = a - X @ torch.linalg.lstsq(X, a).solution
     var = a.var(0)
@@ -102,7 +105,7 @@ def affine_r2(a: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
 def a_space_r2(kvae, x: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
     """
     Affine ``R^2`` of the encodings of the frames ``x (batch, T, *frame_shape)`` on the true
-    object positions ``position (batch, T, dims)`` (:func:`affine_r2`): ``(dim_a,)`` float64.
+    object positions ``position (batch, T, dims)`` (NaN where unknown; :func:`affine_r2`): ``(dim_a,)`` float64.
 
     :raises ValueError: if ``position`` is None or does not match the videos' ``(batch, T)``.
     """
@@ -211,8 +214,9 @@ def plot_a_space(
     paths = [
         {"encoded": a[i], "filtered": filtered.a[i], "smoothed": smoothed.a[i], "mask": mask[i]} for i in range(len(xs))
     ]
-    draw(a.flatten(0, 1), position[:n].flatten(0, 1), paths, path)
-    return affine_r2(a, position[:n])
+    a, known = a.flatten(0, 1), torch.isfinite(position[:n]).all(-1).flatten()
+    draw(a[known], position[:n].flatten(0, 1)[known], paths, path)
+    return affine_r2(a, position[:n].flatten(0, 1))
 
 
 def imputation_table(methods, x, seed=0, probs=DROP_PROBS, gaps=GAPS):

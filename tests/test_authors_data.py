@@ -166,11 +166,46 @@ def test_authors_dataset_carries_positions_and_its_sources_checksums(tmp_path):
     out = str(tmp_path / "authors_box.npz")
     save(out, from_authors("box", str(tmp_path), n_valid=2))
     state = np.load(files[1])["state"]
-    valid = VideoDataset(out, "valid")
-    assert torch.equal(valid.tensors["position"], torch.from_numpy(state[:2, :, :2]))
+    position = VideoDataset(out, "valid").tensors["position"]
+    # state[:, t] is recorded after the step that follows frame t: frame t's position is state[:, t - 1]
+    assert torch.equal(position[:, 1:], torch.from_numpy(state[:2, :-1, :2]))
+    assert position[:, 0].isnan().all()
     assert built_from(out, *files)
     authors_like(tmp_path / "box_test.npz", 4, seed=3)  # other bytes under the same name
     assert not built_from(out, *files)
+
+
+def test_authors_positions_are_where_the_ball_is_drawn():
+    """On the authors' own box test file: the centre of the lit pixels inside the walls is an
+    affine function of the position given for the same frame (R^2 > 0.99); one frame off it is not."""
+    from pyro_kvae.data.datasets import from_authors
+    from pyro_kvae.evaluation import affine_r2
+
+    data = from_authors("box", AUTHORS, n_valid=100)
+    x = torch.from_numpy(data["valid/x"]).float()[..., 3:-3, 3:-3]  # the walls' pixels left out
+    position = torch.from_numpy(data["valid/position"]).double()
+    grid = torch.arange(x.size(-1), dtype=torch.float64)
+    w = x.double() / x.sum((-1, -2), keepdim=True).clamp(min=1)
+    centre = torch.stack([(w.sum(-2) * grid).sum(-1), (w.sum(-1) * grid).sum(-1)], -1)
+    assert (affine_r2(centre, position) > 0.99).all()  # frame 0, whose position is NaN, left out
+    assert (affine_r2(centre[:, 2:], position[:, 1:-1]) < 0.95).all()  # one frame off
+
+
+def test_a_cached_authors_dataset_of_another_version_is_rebuilt(tmp_path, capsys):
+    from pyro_kvae.data.datasets import AUTHORS_FORMAT, authors_dataset, from_authors, save
+
+    authors_like(tmp_path / "box_train.npz", 7, seed=1)
+    authors_like(tmp_path / "box_test.npz", 501, seed=2)  # authors_dataset keeps 500 for validation
+    out = str(tmp_path / "authors_box.npz")
+    old = from_authors("box", str(tmp_path))
+    config = json.loads(str(old["config"]))
+    del config["authors_format"]  # as written before positions were aligned with the frames
+    save(out, {**old, "config": np.array(json.dumps(config))})
+    authors_dataset("box", str(tmp_path), out)
+    assert "rebuilding it" in capsys.readouterr().out
+    assert json.loads(str(np.load(out)["config"]))["authors_format"] == AUTHORS_FORMAT
+    authors_dataset("box", str(tmp_path), out)
+    assert "rebuilding" not in capsys.readouterr().out
 
 
 def test_experiment_refuses_an_authors_folder_that_is_not_there_even_with_a_cached_dataset(tmp_path, monkeypatch):

@@ -43,6 +43,11 @@ def test_affine_r2_matches_numpy_least_squares():
     assert r2[0].item() == pytest.approx(1.0, abs=1e-12)
     assert r2[1].item() < 0.2
     assert r2[2].item() == 0.0
+    # rows with an unknown (NaN) position are left out
+    unknown = position.clone()
+    unknown[::7, 1] = float("nan")
+    keep = torch.arange(50) % 7 != 0
+    assert torch.allclose(affine_r2(a, unknown), affine_r2(a[keep], position[keep]), rtol=0, atol=1e-12)
 
 
 def test_a_space_r2_of_an_encoder_that_reads_the_position(videos):

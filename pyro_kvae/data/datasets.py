@@ -139,13 +139,17 @@ def file_digest(path) -> str:
 def built_from(path: str, train, test) -> bool:
     """Whether the dataset file ``path`` (written by :func:`save` from :func:`from_videos`) was built
     from the files ``train`` and ``test`` as they are now (same bytes: their recorded SHA-256)."""
+    recorded = _config(path).get("sha256", {})
+    return recorded == {"train": file_digest(train), "test": file_digest(test)}
+
+
+def _config(path: str) -> dict:
+    """The ``config`` entry of the dataset file ``path``; ``{}`` if it has none or is unreadable."""
     try:
         with np.load(path, allow_pickle=False) as f:
-            config = json.loads(str(f["config"]))
+            return json.loads(str(f["config"]))
     except (OSError, ValueError, KeyError, zipfile.BadZipFile):
-        return False
-    recorded = config.get("sha256", {})
-    return recorded == {"train": file_digest(train), "test": file_digest(test)}
+        return {}
 
 
 def authors_files(env: str, folder: str):
@@ -163,18 +167,28 @@ def authors_files(env: str, folder: str):
     return files
 
 
+#: how :func:`from_authors` builds its files; a cached file of another version is built again
+AUTHORS_FORMAT = 2
+
+
 def from_authors(env: str, folder: str, n_valid: int = 500) -> Dict[str, np.ndarray]:
     """The paper's dataset from the KVAE authors' files of ``env`` in ``folder`` (:func:`authors_files`):
     :func:`from_videos` binarised as the authors do (``images > 0``), the first ``n_valid`` test
-    videos also the validation split; their true ball positions (the first two columns of the
-    files' ``state``, in the simulator's units) as ``position (N, T, 2)`` of every split."""
+    videos also the validation split, and ``position (N, T, 2)`` of every split: the ball's true
+    position in each frame, in the simulator's units. The files' ``state[n, t]`` is recorded after
+    the physics step that follows frame ``t`` (it matches the ball of frame ``t + 1``), so frame
+    ``t``'s position is ``state[n, t - 1, :2]``; the first frame's is unknown and NaN."""
     train, test = authors_files(env, folder)
     data = from_videos(train, test, n_valid=n_valid, binarize=0.0, name=f"authors_{env}")
+    config = json.loads(str(data["config"]))
+    config["authors_format"] = AUTHORS_FORMAT
+    data["config"] = np.array(json.dumps(config))
     states = {}
     for split, path in (("train", train), ("test", test)):
         with np.load(path) as f:
             if "state" in f.files:
-                states[split] = f["state"][..., :2].astype(np.float32)
+                state = f["state"][..., :2].astype(np.float32)
+                states[split] = np.concatenate([np.full_like(state[:, :1], np.nan), state[:, :-1]], 1)
     if len(states) == 2:
         states["valid"] = states["test"][:n_valid]
         data.update({f"{split}/position": v for split, v in states.items()})
@@ -184,14 +198,16 @@ def from_authors(env: str, folder: str, n_valid: int = 500) -> Dict[str, np.ndar
 def authors_dataset(env: str, folder: str, path: str) -> str:
     """The paper's dataset of ``env`` (:func:`from_authors`) cached in ``path``: built if missing,
     and built again (saying so) when it was not built from the authors' files in ``folder`` as
-    they are now (:func:`built_from`). Returns ``path``.
+    they are now (:func:`built_from`) or by another version of :func:`from_authors`. Returns ``path``.
 
     :raises FileNotFoundError: as :func:`authors_files`, before any work.
     """
     files = authors_files(env, folder)
-    if not os.path.exists(path) or not built_from(path, *files):
-        if os.path.exists(path):
-            print(f"{os.path.relpath(path)} was not built from {', '.join(files)} as they are now: rebuilding it")
+    exists = os.path.exists(path)
+    if not exists or not built_from(path, *files) or _config(path).get("authors_format") != AUTHORS_FORMAT:
+        if exists:
+            print(f"{os.path.relpath(path)} was not built from {', '.join(files)} as they are now, by this version: "
+                  "rebuilding it")  # fmt: skip
         save(path, from_authors(env, folder))
     return path
 
