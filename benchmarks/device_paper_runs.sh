@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # SPDX-License-Identifier: Apache-2.0
 # On a lent GPU machine (a bare image with torch, no pyro): the GPU check, then the paper runs on the
-# authors' data continued for BUDGET seconds; the run directory comes back as a tar under $OUT, to
-# be unpacked over the checkout here (tar xf runs.tar) and continued on any machine.
+# authors' data with the seed-selecting recipe (each env's KVAE and its baselines side by side),
+# continued for BUDGET seconds; the run directories come back as a tar under $OUT, to be unpacked
+# over the checkout here (tar xf runs.tar) and continued on any machine. The datasets are built
+# there from datasets/authors (tracked), and the committed run state travels with the tree.
 #
 #   wheels: pip download --no-deps --only-binary=:all: --python-version 3.12 -d .whl \
 #           pyro-ppl==1.9.2 pyro-api==0.1.2 pymunk cffi pycparser
-#   data:   python -m pyro_kvae.data box --authors datasets/authors
 #   run:    PYTEST_ADDOPTS=--ignore=tests/test_notebooks.py BUDGET=330 bash benchmarks/device_paper_runs.sh
-#           (carry .whl, data and experiments/authors_box; nbformat is not on the GPU image)
+#           (carry .whl; nbformat is not on the GPU image; ENVS="box" for the box alone)
 set -u
 PY=${PY:-python3}
 OUT=${OUT:-/tmp/out}
@@ -35,9 +36,15 @@ run() {  # name, then the experiment's arguments
     echo "$name: exit $?"
     tr '\r' '\n' <"/tmp/$name.log" | grep -v "it/s\]$" | tail -c 20000 >"$OUT/$name.log"
 }
-# what is left of the paper runs (polygon and every baseline are finished): the box's KVAE
-run box_kvae box --paper --authors --stage kvae &
+FLAGS="--paper --authors --patience 10 --select-seeds 4 --select-epochs 3 --baseline-seeds 3"
+DIRS=""
+for env in ${ENVS:-box polygon}; do
+    dir=experiments/authors_${env}_selected
+    run "${env}_kvae" "$env" $FLAGS --stage kvae --run-dir "$dir" &
+    run "${env}_baselines" "$env" $FLAGS --stage baselines --run-dir "$dir" &
+    DIRS="$DIRS $dir"
+done
 wait
-tar cf "$OUT/runs.tar" --exclude=logs experiments/authors_box/kvae 2>/dev/null
+tar cf "$OUT/runs.tar" --exclude=logs $DIRS 2>/dev/null
 ls -la "$OUT"
 echo "total $(($(date +%s) - start)) s"
