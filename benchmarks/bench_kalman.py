@@ -9,6 +9,12 @@ and pyro.distributions.GaussianHMM (float32), at (batch, T, dim_z, dim_a) =
 (64,20,4,2), (64,100,8,4), (256,500,16,8). Inputs are float32 throughout. Run by hand:
 
     python benchmarks/bench_kalman.py [--repeat 5] [--threads 2] [--device cpu] [--sizes 2]
+
+Operator calls (each a kernel launch on a GPU) and time of log-prob + backward, float64 inside,
+the sequential filter against the parallel scan, at (batch, dim_z, dim_a) = (32, 4, 2) for
+several ``T``: where ``LinearGaussianSSM`` switches from the one to the other::
+
+    python benchmarks/bench_kalman.py --ops [--device cuda]
 """
 
 import argparse
@@ -88,6 +94,8 @@ def log_prob_backward(method, a, p):
             lp = lgssm_log_prob(a, compute_dtype=torch.float32, **q)
         elif method == "sequential":
             lp = kalman_filter(a, **q).log_prob
+        elif method == "sequential f64":  # as LinearGaussianSSM runs it: cast up, filter, cast back
+            lp = kalman_filter(a.double(), **{k: v.double() for k, v in q.items()}).log_prob.float()
         elif method == "sqrt f32":
             lp = sqrt_kalman_filter(a, **q).log_prob
         else:
@@ -133,8 +141,30 @@ def sampling(method, a, p):
 METHODS = ["parallel f64", "parallel f32", "sequential", "sqrt f32", "GaussianHMM f32"]
 
 
+def ops(args):
+    from torch.profiler import ProfilerActivity, profile
+
+    def calls(fn):
+        fn()
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            fn()
+        return sum(1 for e in prof.events() if e.name.startswith("aten::"))
+
+    print(f"torch {torch.__version__}, device {args.device}, log_prob + backward, (batch, dim_z, dim_a) = (32, 4, 2)")
+    print("| T | sequential: operator calls | parallel scan: operator calls | sequential: ms | parallel scan: ms |")
+    print("|---|---|---|---|---|")
+    for T in (10, 20, 24, 28, 40, 80, 160):
+        a, p = problem(32, T, 4, 2, args.device)
+        fns = [log_prob_backward(m, a, p) for m in ("sequential f64", "parallel f64")]
+        counts = [calls(fn) for fn in fns]
+        times = [timeit(fn, args.repeat, args.device) for fn in fns]
+        print(f"| {T} | {counts[0]} | {counts[1]} | {times[0]:.1f} | {times[1]:.1f} |", flush=True)
+
+
 def main(args):
     torch.set_num_threads(args.threads)
+    if args.ops:
+        return ops(args)
     print(
         f"torch {torch.__version__}, device {args.device}, threads {torch.get_num_threads()}, median of {args.repeat}"
     )
@@ -167,4 +197,5 @@ if __name__ == "__main__":
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--sizes", type=int, default=len(SIZES), help="run only the first N sizes")
+    parser.add_argument("--ops", action="store_true", help="operator calls: sequential filter against parallel scan")
     main(parser.parse_args())

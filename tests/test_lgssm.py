@@ -221,3 +221,26 @@ def test_float32_compute_stays_finite():
     z = lgssm_posterior_rsample(a, compute_dtype=torch.float32, **p)
     assert torch.isfinite(lp).all() and torch.isfinite(z).all()
     assert not math.isnan(lp.sum().item())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("T", [20, 40])  # the sequential filter on the GPU, then the parallel scan
+def test_cuda_log_prob_and_gradient_match_the_textbook(T):
+    from pyro_kvae.distributions.lgssm import SEQUENTIAL_MAX_T
+
+    assert (T <= SEQUENTIAL_MAX_T) == (T == 20)
+    a, mask, p = problem(T=T, kind="random")
+    A = p["A"].clone().requires_grad_()
+    B, u = torch.diag_embed(p["b"]), torch.ones_like(p["b"])  # offsets b_t as B_t = diag(b_t), u_t = 1
+    d = LinearGaussianSSM(p["mu0"], p["Sigma0"], A, p["Q"], p["C"], p["R"], B=B, u=u, mask=mask)
+    cuda = {k: v.cuda() for k, v in p.items()}
+    A_cuda = cuda["A"].clone().requires_grad_()
+    d_cuda = LinearGaussianSSM(
+        cuda["mu0"], cuda["Sigma0"], A_cuda, cuda["Q"], cuda["C"], cuda["R"], B=B.cuda(), u=u.cuda(), mask=mask.cuda()
+    )
+    lp, lp_cuda = d.log_prob(a), d_cuda.log_prob(a.cuda())
+    for i in range(a.shape[0]):
+        assert abs(lp_cuda[i].item() - textbook_kalman(a[i].nan_to_num(), mask[i], **per_seq(p, i))[0]) < 1e-8
+    (grad,) = torch.autograd.grad(lp.sum(), A)
+    (grad_cuda,) = torch.autograd.grad(lp_cuda.sum(), A_cuda)
+    assert torch.allclose(grad_cuda.cpu(), grad, rtol=1e-8, atol=1e-10)

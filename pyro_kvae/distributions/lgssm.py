@@ -7,6 +7,13 @@ from ..ops.kalman import backward_sample, filter_steps, rts_smoother
 from ..ops.lgssm import lgssm_log_prob, lgssm_posterior_rsample, lgssm_prior_rsample
 from ..ops.sqrt_kalman import sqrt_kalman_filter, sqrt_posterior_rsample, sqrt_rts_smoother
 
+#: On a GPU, :meth:`LinearGaussianSSM.log_prob` runs the sequential filter up to this many steps
+#: and the parallel scan beyond: the step count where the scan starts to need fewer operator calls
+#: (kernel launches) for log-prob + backward, at (batch, dim_z, dim_a) = (32, 4, 2): 4111 against
+#: 5096 at T = 20, 4835 against 5003 at 24, 5559 against 5003 at 28
+#: (``python benchmarks/bench_kalman.py --ops``).
+SEQUENTIAL_MAX_T = 24
+
 
 class LinearGaussianSSM(TorchDistribution):
     r"""
@@ -47,8 +54,9 @@ class LinearGaussianSSM(TorchDistribution):
         parameters (e.g. one time-invariant model for all): its covariances, gains
         and Cholesky factors are then computed once for all sequences. Otherwise
         :meth:`log_prob` uses it on a CPU too (faster there at every size measured)
-        and the parallel scan (log-depth in ``T``) on a GPU, and :meth:`rsample_posterior`
-        the parallel scan. In any
+        and on a GPU up to :data:`SEQUENTIAL_MAX_T` steps, the parallel scan (log-depth
+        in ``T``) on longer sequences there, and :meth:`rsample_posterior` the parallel
+        scan. In any
         other dtype they use the sequential square-root filter of
         :mod:`pyro_kvae.ops.sqrt_kalman`, since the parallel scan's information form
         loses all accuracy in float32 on ill-conditioned problems (tiny ``Q`` or ``R``,
@@ -179,7 +187,7 @@ class LinearGaussianSSM(TorchDistribution):
         value = self._check_value(value)
         if self._dtype() != torch.float64:
             return self._sqrt_filter(value)[0].log_prob.to(value.dtype)
-        if self._shared_parameters(value) or value.device.type == "cpu":
+        if self._shared_parameters(value) or value.device.type == "cpu" or value.size(-2) <= SEQUENTIAL_MAX_T:
             # the sequential filter (see the class docstring); on a GPU the parallel scan's
             # O(log T) depth needs fewer launches on long sequences
             lp = self._filter64(value)[0].log_prob
