@@ -72,16 +72,21 @@ def paper_config(seed: int, epochs: int, **overrides) -> KVAEConfig:
     return KVAEConfig(**{**dict(epochs=epochs, conv_filters=(32, 32, 32), seed=seed), **overrides})
 
 
-def run(change: str, seed: int, epochs: int, n_train: int = 5000) -> None:
+def run(change: str, seed: int, epochs: int, n_train: int = 5000, device: str = "cpu") -> None:
+    run_dir = os.path.join(ROOT, change, f"seed{seed}")
+    history = next((h for c, _, s, h in runs() if (c, s) == (change, seed)), [])
+    if os.path.exists(os.path.join(run_dir, "model.pt")) and len(history) >= epochs:
+        print(f"{change} seed {seed}: finished ({len(history)} epochs)")
+        return
     torch.set_flush_denormal(True)
     authors_dataset("box", "datasets/authors", DATA)
     train = VideoDataset(DATA, "train").take(n_train)
     valid = VideoDataset(DATA, "valid").take(300)
     monitor = ValidationMonitor(valid.x, valid.tensors["position"])
-    run_dir = os.path.join(ROOT, change, f"seed{seed}")
-    config = paper_config(seed, epochs, **CHANGES[change][1])
+    config = paper_config(seed, epochs, device=device, **CHANGES[change][1])
     if os.path.exists(os.path.join(run_dir, CHECKPOINT)):
-        trainer = Trainer.resume(run_dir, changes={"epochs": epochs}, monitor=monitor, progress=False)
+        changes = {"epochs": epochs, "device": device}
+        trainer = Trainer.resume(run_dir, changes=changes, monitor=monitor, progress=False)
     else:
         trainer = Trainer(
             config,
@@ -92,7 +97,9 @@ def run(change: str, seed: int, epochs: int, n_train: int = 5000) -> None:
             meta={"change": change, "data": DATA},
         )
     trainer.fit(train)
-    torch.save(trainer.model.state_dict(), os.path.join(run_dir, "model.pt"))
+    torch.save({k: v.cpu() for k, v in trainer.model.state_dict().items()}, os.path.join(run_dir, "model.pt"))
+    with open(os.path.join(run_dir, "aligned_r2.json"), "w") as f:  # the monitor's positions are aligned
+        json.dump({"epoch": trainer.epoch, "valid_r2": trainer.history[-1]["valid_r2"]}, f)
     for h in trainer.history:
         print(json.dumps({k: h[k] for k in ("epoch", "valid_r2", "valid_p05_error", "seconds")}))
 
@@ -171,6 +178,7 @@ if __name__ == "__main__":
     parser.add_argument("--table", action="store_true")
     parser.add_argument("--rescore", action="store_true", help="score each run's last weights on aligned positions")
     parser.add_argument("--n-train", type=int, default=5000, help="training sequences (a smoke test takes fewer)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
     args = parser.parse_args()
     if args.table:
         print(table())
@@ -178,4 +186,4 @@ if __name__ == "__main__":
     if args.rescore:
         rescore()
         sys.exit(0)
-    run(args.change, args.seed, args.epochs, args.n_train)
+    run(args.change, args.seed, args.epochs, args.n_train, args.device)
