@@ -14,7 +14,7 @@ import torch
 
 from .models import KVAE, KalmanPrior
 from .nn import ConvDecoder, ConvEncoder, FixedDynamics, GRUDynamics, LSTMDynamics, MLPDecoder, MLPDynamics, MLPEncoder
-from .nn.vae import LIKELIHOODS, PIXEL_VAR_FLOOR
+from .nn.vae import LIKELIHOODS, PIXEL_VAR_FLOOR, WEIGHT_INITS
 
 PRECISIONS = ("32", "64", "bf16-mixed", "16-mixed")
 
@@ -63,6 +63,7 @@ class KVAEConfig:
     Sigma0: float = 20.0  # variance of z_1
     init_std: float = 0.05  # std of the initial B^k, C^k
     decoder_bias_std: float = 0.0  # std of the initial bias of the decoder's first layer (0: zero, as He init)
+    weight_init: str = "he"  # the encoder's and decoder's layers: "he" (Kaiming normal) or "glorot" (TensorFlow's)
     learn_noise: bool = False
     full_noise: bool = False  # learned noise as full covariance matrices (with learn_noise)
     # training
@@ -98,6 +99,7 @@ class KVAEConfig:
             "likelihood": LIKELIHOODS,
             "vae": ("conv", "mlp"),
             "dynamics": ("lstm", "gru", "mlp", "fixed"),
+            "weight_init": WEIGHT_INITS,
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
@@ -181,11 +183,11 @@ def build_kvae(config: KVAEConfig) -> KVAE:
     """The :class:`~pyro_kvae.models.KVAE` described by ``config`` (on the CPU; move it with ``.to``)."""
     c = config
     if c.vae == "conv":
-        encoder = ConvEncoder(c.frame_shape, c.dim_a, c.conv_filters, max_var=c.R)
-        decoder = ConvDecoder(c.frame_shape, c.dim_a, c.conv_filters, c.decoder_bias_std)
+        encoder = ConvEncoder(c.frame_shape, c.dim_a, c.conv_filters, max_var=c.R, weight_init=c.weight_init)
+        decoder = ConvDecoder(c.frame_shape, c.dim_a, c.conv_filters, c.decoder_bias_std, c.weight_init)
     else:
-        encoder = MLPEncoder(c.frame_shape, c.dim_a, c.mlp_hidden, max_var=c.R)
-        decoder = MLPDecoder(c.frame_shape, c.dim_a, c.mlp_hidden, c.decoder_bias_std)
+        encoder = MLPEncoder(c.frame_shape, c.dim_a, c.mlp_hidden, max_var=c.R, weight_init=c.weight_init)
+        decoder = MLPDecoder(c.frame_shape, c.dim_a, c.mlp_hidden, c.decoder_bias_std, c.weight_init)
     if c.dynamics == "lstm" and c.K > 1:
         dynamics = LSTMDynamics(c.dim_a, c.K, c.dynamics_hidden)
     elif c.dynamics == "gru" and c.K > 1:

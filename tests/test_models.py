@@ -397,3 +397,28 @@ def test_explicit_z_variant_trains_every_parameter_with_pyro_optim(noise):
         unchanged = [k for k, v in kvae.named_parameters() if torch.equal(before[k], v)]
         unused = ["prior.dynamics.a0"] if dynamics == "fixed" else []  # constant alpha never reads a_0
         assert unchanged == unused, (dynamics, unchanged)
+
+
+@pytest.mark.parametrize("vae", ["conv", "mlp"])
+def test_weight_init_schemes(vae):
+    """ "he": Kaiming normal (variance 2 / fan_in); "glorot": Glorot uniform (2 / (fan_in + fan_out)),
+    the encoder's heads included; biases zero; another name is refused naming weight_init."""
+    from pyro_kvae.config import ConfigError
+
+    torch.manual_seed(0)
+    for scheme in ("he", "glorot"):
+        kvae = build_kvae(KVAEConfig(vae=vae, mlp_hidden=(64, 64), weight_init=scheme))
+        layers = [m for part in (kvae.encoder, kvae.decoder) for m in part.modules()
+                  if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]  # fmt: skip
+        heads = [kvae.encoder.head.loc, kvae.encoder.head.var]
+        for m in layers:
+            fan_in = m.weight[0].numel()
+            fan_out = m.weight.shape[0] * (m.weight[0, 0].numel() if m.weight.dim() > 2 else 1)
+            if scheme == "he" and any(m is h for h in heads):
+                continue  # torch's default for the heads
+            expected = 2 / fan_in if scheme == "he" else 2 / (fan_in + fan_out)
+            if m.weight.numel() >= 500:  # enough weights to estimate their variance
+                assert m.weight.var().item() == pytest.approx(expected, rel=0.15)
+            assert (m.bias == 0).all()
+    with pytest.raises(ConfigError, match="weight_init"):
+        KVAEConfig(weight_init="xavier")

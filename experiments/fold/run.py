@@ -64,6 +64,10 @@ CHANGES = {
         {"transition_frozen_epochs": 10},
     ),
     "no_reshuffle": ("the training sequences in the file's order every epoch, as the reference", {"shuffle": False}),
+    "glorot_init": (
+        "the encoder's and decoder's layers initialised Glorot uniform (TensorFlow's default), not He normal",
+        {"weight_init": "glorot"},
+    ),
 }
 FOLDED_R2 = 0.9  # a run whose smaller R^2 is below this is called folded
 

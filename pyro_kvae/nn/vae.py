@@ -16,19 +16,27 @@ import torch
 from pyro.nn import PyroModule
 from torch import nn
 
+WEIGHT_INITS = ("he", "glorot")
 
-def he_init(module: nn.Module) -> nn.Module:
+
+def init_weights(module: nn.Module, scheme: str = "he") -> nn.Module:
     """
-    He (Kaiming) normal initialisation of every conv and linear layer of ``module``, zero biases.
+    Initialises every conv and linear layer of ``module``, zero biases: ``"he"`` (Kaiming
+    normal, for ReLU) or ``"glorot"`` (Glorot uniform, TensorFlow's default for its layers).
 
     With PyTorch's default initialisation the encoder's output varies ~0.004
     across frames of sparse binary images, far below the encoder noise (std up
     to 0.17), and the VAE collapses to the mean frame; He initialisation keeps
     the ReLU signal's scale (~0.1 at the output) and training takes off.
     """
+    if scheme not in WEIGHT_INITS:
+        raise ValueError(f"weight_init must be one of {WEIGHT_INITS}, got {scheme!r}")
     for m in module.modules():
         if isinstance(m, (nn.Conv2d, nn.Linear)):
-            nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+            if scheme == "he":
+                nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+            else:
+                nn.init.xavier_uniform_(m.weight)
             nn.init.zeros_(m.bias)
     return module
 
@@ -89,17 +97,20 @@ class ConvEncoder(PyroModule):
     :param frame_size: the frame shape: ``H == W`` as an int, or ``(H, W)``, or ``(C, H, W)``.
     """
 
-    def __init__(self, frame_size=32, dim_a=2, filters: Sequence[int] = (32, 32, 32), max_var=0.03):
+    def __init__(self, frame_size=32, dim_a=2, filters: Sequence[int] = (32, 32, 32), max_var=0.03,
+                 weight_init: str = "he"):  # fmt: skip
         super().__init__()
         self.frame_shape = shape = frame_shape(frame_size)
         layers, c = [], _channels(shape)
         for f in filters:
             layers += [nn.Conv2d(c, f, 3, stride=2, padding=1), nn.ReLU(inplace=True)]
             c = f
-        self.conv = he_init(nn.Sequential(*layers))
+        self.conv = init_weights(nn.Sequential(*layers), weight_init)
         scale = 2 ** len(filters)  # each stride-2 layer maps n pixels to ceil(n / 2)
         h, w = -(-shape[-2] // scale), -(-shape[-1] // scale)
         self.head = _EncoderHead(c * h * w, dim_a, max_var)
+        if weight_init == "glorot":  # "he" leaves the heads at torch's default
+            init_weights(self.head, weight_init)
 
     def forward(self, x):
         """``x (..., *frame_shape)`` -> ``loc, scale (..., dim_a)``."""
@@ -119,9 +130,11 @@ class ConvDecoder(PyroModule):
 
     :param float bias_std: std of the normal initial bias of the linear layer (default 0: zero,
         which makes the initial decoder positively homogeneous in ``a``).
+    :param str weight_init: ``"he"`` or ``"glorot"`` (:func:`init_weights`).
     """
 
-    def __init__(self, frame_size=32, dim_a=2, filters: Sequence[int] = (32, 32, 32), bias_std: float = 0.0):
+    def __init__(self, frame_size=32, dim_a=2, filters: Sequence[int] = (32, 32, 32), bias_std: float = 0.0,
+                 weight_init: str = "he"):  # fmt: skip
         super().__init__()
         self.frame_shape = shape = frame_shape(frame_size)
         scale = 2 ** len(filters)
@@ -133,8 +146,8 @@ class ConvDecoder(PyroModule):
             layers += [nn.Conv2d(c, 4 * f, 3, padding=1), nn.PixelShuffle(2), nn.ReLU(inplace=True)]
             c = f
         layers.append(nn.Conv2d(c, _channels(shape), 1))
-        self.deconv = he_init(nn.Sequential(*layers))
-        he_init(self.linear)
+        self.deconv = init_weights(nn.Sequential(*layers), weight_init)
+        init_weights(self.linear, weight_init)
         if bias_std > 0:  # else zero, and no draw from the global generator
             nn.init.normal_(self.linear.bias, std=bias_std)
 
@@ -152,15 +165,18 @@ class ConvDecoder(PyroModule):
 class MLPEncoder(PyroModule):
     """MLP encoder (reference variant: 2 layers of 25 ReLU units)."""
 
-    def __init__(self, frame_size=32, dim_a=2, hidden: Sequence[int] = (25, 25), max_var=0.03):
+    def __init__(self, frame_size=32, dim_a=2, hidden: Sequence[int] = (25, 25), max_var=0.03,
+                 weight_init: str = "he"):  # fmt: skip
         super().__init__()
         self.frame_shape = frame_shape(frame_size)
         layers, n = [], math.prod(self.frame_shape)
         for h in hidden:
             layers += [nn.Linear(n, h), nn.ReLU()]
             n = h
-        self.mlp = he_init(nn.Sequential(*layers))
+        self.mlp = init_weights(nn.Sequential(*layers), weight_init)
         self.head = _EncoderHead(n, dim_a, max_var)
+        if weight_init == "glorot":  # "he" leaves the heads at torch's default
+            init_weights(self.head, weight_init)
 
     def forward(self, x):
         _check_frames(x, self.frame_shape)
@@ -170,7 +186,8 @@ class MLPEncoder(PyroModule):
 class MLPDecoder(PyroModule):
     """MLP decoder mirroring :class:`MLPEncoder`."""
 
-    def __init__(self, frame_size=32, dim_a=2, hidden: Sequence[int] = (25, 25), bias_std: float = 0.0):
+    def __init__(self, frame_size=32, dim_a=2, hidden: Sequence[int] = (25, 25), bias_std: float = 0.0,
+                 weight_init: str = "he"):  # fmt: skip
         super().__init__()
         self.frame_shape = frame_shape(frame_size)
         layers, n = [], dim_a
@@ -178,7 +195,7 @@ class MLPDecoder(PyroModule):
             layers += [nn.Linear(n, h), nn.ReLU()]
             n = h
         layers.append(nn.Linear(n, math.prod(self.frame_shape)))
-        self.mlp = he_init(nn.Sequential(*layers))
+        self.mlp = init_weights(nn.Sequential(*layers), weight_init)
         if bias_std > 0:
             nn.init.normal_(self.mlp[0].bias, std=bias_std)
 
