@@ -26,9 +26,10 @@ class SyncFreeTrace_ELBO(Trace_ELBO):
     """
     :class:`pyro.infer.Trace_ELBO` with the same loss and the same gradients, whose
     :meth:`differentiable_loss` never waits on the device: Pyro's reads each sample site's
-    ``log_prob_sum`` as a Python float (``.item()``) and tests the loss for NaN on the host
-    (``warn_if_nan``, also as a hook in backward), five host synchronisations per training step
-    of the KVAE. Here the loss stays a tensor; a non-finite loss is the caller's to check, as
+    ``log_prob_sum`` and the surrogate loss as Python floats (``.item()``) and tests the loss for
+    NaN on the host (``warn_if_nan``, again as a hook in backward), six host synchronisations per
+    training step of the KVAE (``benchmarks/bench_training.py --host-reads``). Here the loss
+    stays a tensor; a non-finite loss is the caller's to check, as
     :class:`~pyro_kvae.train.Trainer` does once per epoch.
 
     Sites without reparameterised samplers get Pyro's score-function terms, as in
