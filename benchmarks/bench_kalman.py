@@ -142,13 +142,11 @@ METHODS = ["parallel f64", "parallel f32", "sequential", "sqrt f32", "GaussianHM
 
 
 def ops(args):
-    from torch.profiler import ProfilerActivity, profile
+    from bench_training import count_ops
 
     def calls(fn):
-        fn()
-        with profile(activities=[ProfilerActivity.CPU]) as prof:
-            fn()
-        return sum(1 for e in prof.events() if e.name.startswith("aten::"))
+        fn()  # warm up, as timeit does
+        return count_ops(fn)[0]
 
     print(f"torch {torch.__version__}, device {args.device}, log_prob + backward, (batch, dim_z, dim_a) = (32, 4, 2)")
     print("| T | sequential: operator calls | parallel scan: operator calls | sequential: ms | parallel scan: ms |")
