@@ -219,11 +219,19 @@ def plot_a_space(
     return affine_r2(a, position[:n].flatten(0, 1))
 
 
-def imputation_table(methods, x, seed=0, probs=DROP_PROBS, gaps=GAPS):
+def imputation_table(methods, x, seed=0, probs=DROP_PROBS, gaps=GAPS, held_out=None):
     """
     Rows ``{"experiment", "setting", "method", "pixel_error"}`` for every method
-    ``name -> fn(x, mask) -> frames`` on both mask families (same masks for all methods).
+    ``name -> fn(x, mask) -> frames`` on both mask families (same masks for all methods), over
+    the videos ``x (batch, T, *frame_shape)``.
+
+    :param int held_out: with an int ``n``, each row also has ``"pixel_error_held_out"``: the
+        error on the videos ``x[n:]`` alone (e.g. the test videos that were not also the
+        validation split, when that split is the first ``n`` test videos).
     """
+    if held_out is not None and (isinstance(held_out, bool) or not isinstance(held_out, int)
+                                 or not 0 <= held_out < len(x)):  # fmt: skip
+        raise ValueError(f"held_out must be an int in [0, {len(x)}) (the first held-out video), got {held_out!r}")
     g = torch.Generator().manual_seed(seed)
     settings = [("missing_at_random", p, random_mask(x.shape[:2], p, T_INIT, g)) for p in probs]
     settings += [("missing_in_middle", k, gap_mask(x.shape[:2], k)) for k in gaps if T_INIT + k <= x.shape[1]]
@@ -231,8 +239,13 @@ def imputation_table(methods, x, seed=0, probs=DROP_PROBS, gaps=GAPS):
     for experiment, setting, mask in settings:
         mask = mask.to(x.device)
         for name, fn in methods.items():
-            err = pixel_error(fn(x, mask), x, mask).item()
-            rows.append({"experiment": experiment, "setting": setting, "method": name, "pixel_error": err})
+            x_hat = fn(x, mask)
+            row = {"experiment": experiment, "setting": setting, "method": name,
+                   "pixel_error": pixel_error(x_hat, x, mask).item()}  # fmt: skip
+            if held_out is not None:
+                n = held_out
+                row["pixel_error_held_out"] = pixel_error(x_hat[n:], x[n:], mask[n:]).item()
+            rows.append(row)
     return rows
 
 

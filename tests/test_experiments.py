@@ -6,13 +6,14 @@ import math
 import os
 
 import numpy as np
+import pytest
 import torch
 
 from pyro_kvae.baselines import RNNBaseline
 from pyro_kvae.data import generate, save
 from pyro_kvae.evaluation import gap_mask, imputation_table
 from pyro_kvae.experiments import main
-from pyro_kvae.experiments.report import blank_frames_check, imputation_heading
+from pyro_kvae.experiments.report import blank_frames_check, held_out_table, imputation_heading
 from pyro_kvae.nn import MLPDecoder, MLPEncoder
 from pyro_kvae.train import random_mask
 
@@ -32,6 +33,27 @@ def test_imputation_table_scores_each_method_on_the_same_masks():
     rows = imputation_table(methods, x, probs=(0.5,), gaps=(4,))
     errors = {(r["setting"], r["method"]): r["pixel_error"] for r in rows}
     assert errors == {(0.5, "truth"): 0.0, (0.5, "inverted"): 1.0, (4, "truth"): 0.0, (4, "inverted"): 1.0}
+
+
+def test_imputation_table_scores_the_held_out_videos_alone():
+    x = (torch.rand(8, 20, 4, 4) > 0.5).float()
+    wrong_first_3 = lambda x, m: torch.cat([1 - x[:3], x[3:]])  # noqa: E731
+    rows = imputation_table({"m": wrong_first_3}, x, probs=(0.5,), gaps=(4,), held_out=3)
+    for r in rows:
+        assert r["pixel_error_held_out"] == 0.0 and 0.2 < r["pixel_error"] < 0.5
+    assert "pixel_error_held_out" not in imputation_table({"m": wrong_first_3}, x, probs=(0.5,), gaps=())[0]
+    for bad in (8, -1, True, 2.0):
+        with pytest.raises(ValueError, match="held_out"):
+            imputation_table({"m": wrong_first_3}, x, held_out=bad)
+
+
+def test_held_out_table_shows_the_held_out_errors_at_the_summary_settings():
+    rows = [{"experiment": e, "setting": k, "method": "KVAE", "pixel_error": 1.0, "pixel_error_held_out": v}
+            for e, k, v in [("missing_at_random", 0.5, 0.01), ("missing_at_random", 0.8, 0.02),
+                            ("missing_in_middle", 5, 0.03)]]  # fmt: skip
+    text = held_out_table({"rows": rows, "held_out_from": 500})
+    assert "Test videos 500.. alone" in text
+    assert text.splitlines()[-1] == "| KVAE | 0.0100 | 0.0200 | 0.0300 | n/a |"
 
 
 def test_blank_frames_check_names_where_a_baseline_is_not_below_blank_frames():

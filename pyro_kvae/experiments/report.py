@@ -23,6 +23,8 @@ def markdown_tables(summary) -> str:
             vals = {r["method"]: r["pixel_error"] for r in rows
                     if r["experiment"] == experiment and r["setting"] == setting}  # fmt: skip
             out.append(f"| {setting} | " + " | ".join(f"{vals[n]:.4f}" for n in names) + " |")
+    if "pixel_error_held_out" in rows[0]:
+        out += ["", held_out_table(summary)]
     if summary["baselines"]:
         floors = ", ".join(f"{n} {b['reconstruction_error_test']:.4f}" for n, b in summary["baselines"].items())
         times = ", ".join(f"{n} {b['train_seconds']:.0f} s" for n, b in summary["baselines"].items())
@@ -61,6 +63,21 @@ def paper_summary(summaries: dict) -> str:
                 cell = f"{ours[0]:.4f}" if ours else "n/a"
                 cells.append(cell + (f" / {theirs:.4f}" if theirs is not None else ""))
             lines.append(f"| {name} | {method} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def held_out_table(summary) -> str:
+    """The errors of an imputation ``summary`` at :data:`SUMMARY_SETTINGS` on the test videos that
+    were not also the validation split (``pixel_error_held_out``), in Markdown."""
+    rows, first = summary["rows"], summary["held_out_from"]
+    head = f"Test videos {first}.. alone (the first {first} are also the validation split):"
+    lines = [head, "", "| method | " + " | ".join(label for *_, label in SUMMARY_SETTINGS) + " |",
+             "|---" * (1 + len(SUMMARY_SETTINGS)) + "|"]  # fmt: skip
+    for method in dict.fromkeys(r["method"] for r in rows):
+        cells = [next((f"{r['pixel_error_held_out']:.4f}" for r in rows
+                       if (r["experiment"], r["setting"], r["method"]) == (experiment, setting, method)), "n/a")
+                 for experiment, setting, _ in SUMMARY_SETTINGS]  # fmt: skip
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

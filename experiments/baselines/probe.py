@@ -1,0 +1,153 @@
+# SPDX-License-Identifier: Apache-2.0
+"""
+Short runs of the baselines' auto-encoders on the authors' box: when does the AE-RNN's 2-d code
+fold, does it depend on the seed, and does a short LSTM on the early code already tell a good
+seed from a bad one (as the validation imputation error does for the KVAE)?
+
+    .venv/bin/python experiments/baselines/probe.py KIND SEED [--epochs 6]   # KIND: ae or vae
+    .venv/bin/python experiments/baselines/probe.py --table
+
+Each run builds the baseline exactly as ``python -m pyro_kvae.experiments box --paper --authors``
+does for seed ``SEED`` (``torch.manual_seed(SEED)``, the KVAE's encoder and decoder with 32
+filters, the same shuffling generator), trains the auto-encoder on all 5000 training sequences'
+frames, and after every epoch logs to ``experiments/baselines/KIND/seedN/metrics.jsonl``:
+
+- ``recon``: the validation reconstruction error (wrong pixels, every frame observed);
+- ``r2``: the affine R^2 of the codes (encoder means) on the true ball positions, validation;
+- ``probe``: the validation imputation error at p = 0.5 (first 4 frames observed) of a fresh
+  LSTM trained for 20 epochs on the codes, as the package's LSTM stage (teacher forcing, Adam
+  0.003), the better of its errors after 10 and 20 epochs.
+
+The validation split is the first 500 of the authors' test sequences (the package's). An
+unfinished run continues from ``checkpoint.pt``.
+"""
+
+import argparse
+import copy
+import json
+import os
+import time
+
+import torch
+
+from pyro_kvae.baselines import RNNBaseline, imputation_error, reconstruction_error
+from pyro_kvae.config import KVAEConfig, build_kvae
+from pyro_kvae.data import VideoDataset
+from pyro_kvae.data.datasets import authors_dataset
+from pyro_kvae.evaluation import affine_r2
+from pyro_kvae.files import append_jsonl
+from pyro_kvae.train import atomic_save, random_mask
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+DATA = "data/authors_box.npz"
+PROBE_EPOCHS = (10, 20)
+
+
+@torch.no_grad()
+def codes(model, x, batch_size=256):
+    model.eval()
+    out = torch.cat([model.encoder(x[i : i + batch_size])[0] for i in range(0, len(x), batch_size)])
+    model.train()
+    return out
+
+
+def probe(model, x, valid, valid_mask, seed):
+    """Validation imputation error of a fresh LSTM trained on the codes of ``model``'s encoder."""
+    model, rng = copy.deepcopy(model), torch.get_rng_state()
+    torch.manual_seed(1000 + seed)  # the probe's own LSTM; the global stream (the VAE's noise) is restored below
+    fresh = RNNBaseline(model.encoder, model.decoder, model.variational, hidden=model.lstm.hidden_size)
+    model.lstm, model.head, model.a0 = fresh.lstm, fresh.head, fresh.a0
+    params = list(model.lstm.parameters()) + list(model.head.parameters()) + [model.a0]
+    opt = torch.optim.Adam(params, lr=3e-3)
+    a_all, g = codes(model, x), torch.Generator().manual_seed(seed)
+    errors = []
+    for epoch in range(1, max(PROBE_EPOCHS) + 1):
+        for idx in torch.randperm(len(x), generator=g).split(32):
+            a = a_all[idx]
+            _, pred = model.predict(a)
+            loss = (pred - a).pow(2).sum(-1).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        if epoch in PROBE_EPOCHS:
+            model.eval()
+            errors.append(imputation_error(model, valid, valid_mask))
+            model.train()
+    torch.set_rng_state(rng)
+    return min(errors)
+
+
+def run(kind, seed, epochs, n_train=None):
+    run_dir = os.path.join(ROOT, kind, f"seed{seed}")
+    os.makedirs(run_dir, exist_ok=True)
+    torch.set_flush_denormal(True)
+    path = authors_dataset("box", "datasets/authors", DATA)
+    train, valid = VideoDataset(path, "train"), VideoDataset(path, "valid")
+    train = train.take(n_train) if n_train else train
+    position = valid.tensors["position"]
+    valid_mask = random_mask(valid.x.shape[:2], 0.5, 4, torch.Generator().manual_seed(seed + 1))
+    config = KVAEConfig(conv_filters=(32, 32, 32), **KVAEConfig.frame_fields(train.frame_shape))
+    torch.manual_seed(seed)  # as fit_baselines: the same initial weights as the package's seed
+    ref = build_kvae(config)
+    model = RNNBaseline(ref.encoder, ref.decoder, kind == "vae", config.dim_a, likelihood=config.likelihood)
+    opt = torch.optim.Adam(list(model.encoder.parameters()) + list(model.decoder.parameters()), lr=config.lr)
+    g = torch.Generator().manual_seed(seed)  # as train_rnn_baseline: the same batches
+    epoch, checkpoint = 0, os.path.join(run_dir, "checkpoint.pt")
+    if os.path.exists(checkpoint):
+        saved = torch.load(checkpoint, weights_only=False)
+        model.load_state_dict(saved["model"])
+        opt.load_state_dict(saved["opt"])
+        g.set_state(saved["rng"][0])
+        torch.set_rng_state(saved["rng"][1])
+        epoch = saved["epoch"]
+    frames = train.x.flatten(0, 1)
+    while epoch < epochs:
+        started, total, n = time.perf_counter(), 0.0, 0
+        for idx in torch.randperm(len(frames), generator=g).split(32 * train.x.shape[1]):
+            loss = model.autoencoder_loss(frames[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            total, n = total + loss.detach(), n + 1
+        epoch += 1
+        seconds = time.perf_counter() - started
+        model.eval()
+        row = {
+            "epoch": epoch,
+            "train_loss": round(float(total / n), 3),
+            "recon": reconstruction_error(model, valid.x),
+            "r2": [round(v, 4) for v in affine_r2(codes(model, valid.x), position).tolist()],
+            "probe": probe(model, train.x, valid.x, valid_mask, seed),
+            "seconds": round(seconds, 1),
+        }
+        model.train()
+        rng = [g.get_state(), torch.get_rng_state()]
+        append_jsonl(os.path.join(run_dir, "metrics.jsonl"), row)
+        atomic_save({"model": model.state_dict(), "opt": opt.state_dict(), "rng": rng, "epoch": epoch}, checkpoint)
+        print(json.dumps(row), flush=True)
+
+
+def table():
+    lines = ["| kind | seed | epoch: R^2 a[0]/a[1], reconstruction error, probe imputation error |", "|---|---|---|"]
+    for kind in ("ae", "vae"):
+        for name in sorted(os.listdir(os.path.join(ROOT, kind))) if os.path.isdir(os.path.join(ROOT, kind)) else []:
+            with open(os.path.join(ROOT, kind, name, "metrics.jsonl")) as f:
+                rows = list({r["epoch"]: r for r in map(json.loads, filter(str.strip, f))}.values())  # last of each
+            cells = "; ".join(f"{r['epoch']}: {r['r2'][0]:.2f}/{r['r2'][1]:.2f}, {r['recon']:.4f}, {r['probe']:.4f}"
+                              for r in rows)  # fmt: skip
+            lines.append(f"| {kind.upper()}-RNN | {name[4:]} | {cells} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("kind", nargs="?", choices=("ae", "vae"))
+    parser.add_argument("seed", nargs="?", type=int)
+    parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--table", action="store_true")
+    parser.add_argument("--n-train", type=int, help="training sequences (a smoke test takes fewer)")
+    args = parser.parse_args()
+    if args.table:
+        print(table())
+    else:
+        run(args.kind, args.seed, args.epochs, args.n_train)
