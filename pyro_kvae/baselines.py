@@ -129,6 +129,67 @@ def imputation_error(model: RNNBaseline, x: torch.Tensor, mask: torch.Tensor, ba
     return wrong / max(missing, 1.0)
 
 
+def lstm_epoch(model: RNNBaseline, codes: torch.Tensor, optimizer, generator, batch_size: int = 32,
+               free_running: bool = False) -> torch.Tensor:  # fmt: skip
+    """
+    One pass of ``model``'s LSTM over the codes ``codes (N, T, dim_a)`` of its auto-encoder, in
+    shuffled batches of ``batch_size`` sequences, each step predicting ``a_t`` from ``a_{<t}``
+    (teacher forcing, or :func:`free_running_mask` with ``free_running``). Returns the mean
+    squared prediction error of the pass (a 0-d tensor).
+    """
+    total, n = 0.0, 0
+    for idx in torch.randperm(len(codes), generator=generator).split(batch_size):
+        a = codes[idx.to(codes.device)]
+        mask = free_running_mask(a.shape[:2], generator, a.device) if free_running else None
+        _, pred = model.predict(a, mask)
+        loss = (pred - a).pow(2).sum(-1).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        total, n = total + loss.detach(), n + 1
+    return total / n
+
+
+@torch.no_grad()
+def encode_codes(model: RNNBaseline, x: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+    """The auto-encoder's codes (encoder means) of videos ``x (N, T, *frame_shape)``: ``(N, T, dim_a)``
+    on the model's device."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    codes = torch.cat([model.encoder(x[i : i + batch_size].to(device))[0] for i in range(0, len(x), batch_size)])
+    model.train(was_training)
+    return codes
+
+
+def probe_imputation_error(model: RNNBaseline, x: torch.Tensor, valid: torch.Tensor, valid_mask: torch.Tensor,
+                           epochs=(10, 20), seed: int = 0, lr: float = 3e-3) -> float:  # fmt: skip
+    """
+    How good an auto-encoder's code is for the baseline's dynamics, measured without true
+    positions: a fresh LSTM (``model``'s size, initialised from ``seed``) is trained on the codes
+    of the videos ``x (N, T, *frame_shape)`` as :func:`train_rnn_baseline`'s second stage does,
+    and the lowest validation imputation error (:func:`imputation_error` on ``valid`` with
+    ``valid_mask``) after each number of LSTM epochs in ``epochs`` is returned. ``model`` and the
+    global random stream are left as they were.
+    """
+    rng, was_training = torch.get_rng_state(), model.training
+    torch.manual_seed(seed)
+    probe = RNNBaseline(model.encoder, model.decoder, model.variational, model.a0.numel(), model.lstm.hidden_size,
+                        model.likelihood).to(model.a0.device)  # fmt: skip
+    torch.set_rng_state(rng)
+    params = list(probe.lstm.parameters()) + list(probe.head.parameters()) + [probe.a0]
+    opt, g = torch.optim.Adam(params, lr=lr), torch.Generator().manual_seed(seed)
+    codes, errors = encode_codes(model, x), []
+    for epoch in range(1, max(epochs) + 1):
+        lstm_epoch(probe, codes, opt, g)
+        if epoch in epochs:
+            probe.eval()
+            errors.append(imputation_error(probe, valid, valid_mask))
+            probe.train()
+    model.train(was_training)  # the probe shares its encoder and decoder
+    return min(errors)
+
+
 def train_rnn_baseline(
     model: RNNBaseline,
     x: torch.Tensor,
@@ -212,10 +273,7 @@ def train_rnn_baseline(
         if state["stage"] != stage:
             continue
         if stage == "rnn":
-            with torch.no_grad():
-                model.eval()
-                codes = torch.cat([model.encoder(x[i : i + 256].to(device))[0] for i in range(0, len(x), 256)])
-                model.train()
+            codes = encode_codes(model, x)
         while state["stage"] == stage:
             total, n, started = 0.0, 0, time.perf_counter()
             if stage == "ae":
@@ -226,14 +284,7 @@ def train_rnn_baseline(
                     optimizers[stage].step()
                     total, n = total + loss.detach(), n + 1
             else:
-                for idx in torch.randperm(len(x), generator=g).split(batch_size):
-                    a = codes[idx.to(device)]
-                    _, pred = model.predict(a, free_running_mask(a.shape[:2], g, device) if free_running else None)
-                    loss = (pred - a).pow(2).sum(-1).mean()
-                    optimizers[stage].zero_grad()
-                    loss.backward()
-                    optimizers[stage].step()
-                    total, n = total + loss.detach(), n + 1
+                total, n = lstm_epoch(model, codes, optimizers[stage], g, batch_size, free_running), 1
             state["epoch"] += 1
             s = score(stage)
             row = {

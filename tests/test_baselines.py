@@ -15,6 +15,7 @@ from pyro_kvae.baselines import (
     DVBF,
     RNNBaseline,
     free_running_mask,
+    probe_imputation_error,
     reconstruction_error,
     train_rnn_baseline,
     train_sequence_model,
@@ -188,3 +189,24 @@ def test_rnn_baseline_training_selects_on_validation_and_resumes(tmp_path, monke
             assert [h["train_loss"] for h in info2["history"]] == [h["train_loss"] for h in info["history"]]
             for a, b in zip(straight.state_dict().values(), resumed.state_dict().values()):
                 assert torch.equal(a, b)
+
+
+def test_probe_imputation_error_scores_the_code_and_changes_nothing():
+    torch.manual_seed(0)
+    x = (torch.rand(32, 6, 4, 4) > 0.7).float()
+    valid = (torch.rand(8, 6, 4, 4) > 0.7).float()
+    mask = torch.rand(8, 6) > 0.5
+    mask[:, 0] = True
+    model = RNNBaseline(MLPEncoder(4, 2, (16,)), MLPDecoder(4, 2, (16,)), variational=False)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    rng = torch.get_rng_state()
+    error = probe_imputation_error(model, x, valid, mask, epochs=(1, 3), seed=5)
+    assert 0.0 <= error <= 1.0 and model.training
+    assert torch.equal(torch.get_rng_state(), rng)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+    assert probe_imputation_error(model, x, valid, mask, epochs=(1, 3), seed=5) == error  # deterministic
+    # the same probe on another code (the encoder's output layer scaled) measures something else
+    with torch.no_grad():
+        for p in model.encoder.parameters():
+            p.mul_(3.0)
+    assert probe_imputation_error(model, x, valid, mask, epochs=(1, 3), seed=5) != error

@@ -23,14 +23,13 @@ unfinished run continues from ``checkpoint.pt``.
 """
 
 import argparse
-import copy
 import json
 import os
 import time
 
 import torch
 
-from pyro_kvae.baselines import RNNBaseline, imputation_error, reconstruction_error
+from pyro_kvae.baselines import RNNBaseline, encode_codes, probe_imputation_error, reconstruction_error
 from pyro_kvae.config import KVAEConfig, build_kvae
 from pyro_kvae.data import VideoDataset
 from pyro_kvae.data.datasets import authors_dataset
@@ -41,40 +40,6 @@ from pyro_kvae.train import atomic_save, random_mask
 ROOT = os.path.dirname(os.path.abspath(__file__))
 DATA = "data/authors_box.npz"
 PROBE_EPOCHS = (10, 20)
-
-
-@torch.no_grad()
-def codes(model, x, batch_size=256):
-    model.eval()
-    out = torch.cat([model.encoder(x[i : i + batch_size])[0] for i in range(0, len(x), batch_size)])
-    model.train()
-    return out
-
-
-def probe(model, x, valid, valid_mask, seed):
-    """Validation imputation error of a fresh LSTM trained on the codes of ``model``'s encoder."""
-    model, rng = copy.deepcopy(model), torch.get_rng_state()
-    torch.manual_seed(1000 + seed)  # the probe's own LSTM; the global stream (the VAE's noise) is restored below
-    fresh = RNNBaseline(model.encoder, model.decoder, model.variational, hidden=model.lstm.hidden_size)
-    model.lstm, model.head, model.a0 = fresh.lstm, fresh.head, fresh.a0
-    params = list(model.lstm.parameters()) + list(model.head.parameters()) + [model.a0]
-    opt = torch.optim.Adam(params, lr=3e-3)
-    a_all, g = codes(model, x), torch.Generator().manual_seed(seed)
-    errors = []
-    for epoch in range(1, max(PROBE_EPOCHS) + 1):
-        for idx in torch.randperm(len(x), generator=g).split(32):
-            a = a_all[idx]
-            _, pred = model.predict(a)
-            loss = (pred - a).pow(2).sum(-1).mean()
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-        if epoch in PROBE_EPOCHS:
-            model.eval()
-            errors.append(imputation_error(model, valid, valid_mask))
-            model.train()
-    torch.set_rng_state(rng)
-    return min(errors)
 
 
 def run(kind, seed, epochs, n_train=None):
@@ -116,8 +81,8 @@ def run(kind, seed, epochs, n_train=None):
             "epoch": epoch,
             "train_loss": round(float(total / n), 3),
             "recon": reconstruction_error(model, valid.x),
-            "r2": [round(v, 4) for v in affine_r2(codes(model, valid.x), position).tolist()],
-            "probe": probe(model, train.x, valid.x, valid_mask, seed),
+            "r2": [round(v, 4) for v in affine_r2(encode_codes(model, valid.x), position).tolist()],
+            "probe": probe_imputation_error(model, train.x, valid.x, valid_mask, PROBE_EPOCHS, seed=1000 + seed),
             "seconds": round(seconds, 1),
         }
         model.train()
