@@ -206,6 +206,7 @@ def train_rnn_baseline(
     lr_rnn: float = 3e-3,
     free_running: bool = False,
     patience: Optional[int] = None,
+    pause_after: Optional[int] = None,
 ) -> dict:
     """
     Trains ``model`` on videos ``x (N, T, *frame_shape)`` in two stages (paper section 5.1):
@@ -225,10 +226,14 @@ def train_rnn_baseline(
     also ends once its validation error has not improved for ``patience`` epochs (early
     stopping, at most ``epochs_ae`` epochs); the LSTM stage always runs its ``epochs_rnn``.
     With ``checkpoint`` (a path) the state is written atomically after every epoch and an
-    interrupted run continues from it.
+    interrupted run continues from it. With ``pause_after`` the call returns once the
+    auto-encoder has trained that many epochs (if its stage has not ended before), leaving
+    ``model`` with its weights of that epoch; called again with the same ``checkpoint`` the
+    training goes on (how :func:`~pyro_kvae.experiments.fit_baselines` compares seeds early).
 
-    :returns: ``{"history": [...], "reconstruction_error_valid": ..., "imputation_error_valid": ...}``
-        (the validation numbers of the kept weights, NaN without ``valid``).
+    :returns: ``{"history": [...], "reconstruction_error_valid": ..., "imputation_error_valid": ...,
+        "epochs": {"ae": ..., "rnn": ...}, "stage": ...}`` (the validation numbers of the kept weights,
+        NaN without ``valid`` or before the stage's end; ``"stage"`` is ``"done"``, or ``"ae"`` when paused).
     """
     from .files import remove_temporaries
     from .train import atomic_save, load_checkpoint, random_mask
@@ -275,6 +280,8 @@ def train_rnn_baseline(
         if stage == "rnn":
             codes = encode_codes(model, x)
         while state["stage"] == stage:
+            if stage == "ae" and pause_after is not None and state["epoch"] >= pause_after:
+                break
             total, n, started = 0.0, 0, time.perf_counter()
             if stage == "ae":
                 for idx in torch.randperm(len(frames), generator=g).split(batch_size * x.shape[1]):
@@ -313,6 +320,8 @@ def train_rnn_baseline(
                             checkpoint)  # fmt: skip
             bar.update()
             bar.set_postfix(stage=stage, loss=f"{row['train_loss']:.3g}")
+        if state["stage"] == "ae":  # paused
+            break
     bar.close()
     model.eval()
     kept = {k: state.get(f"{k}_valid_error") for k in ("ae", "rnn")}
@@ -321,6 +330,7 @@ def train_rnn_baseline(
         "reconstruction_error_valid": float("nan") if kept["ae"] is None else kept["ae"],
         "imputation_error_valid": float("nan") if kept["rnn"] is None else kept["rnn"],
         "epochs": {k: state.get(f"{k}_epochs") for k in ("ae", "rnn")},
+        "stage": state["stage"],
     }
 
 

@@ -210,3 +210,29 @@ def test_probe_imputation_error_scores_the_code_and_changes_nothing():
         for p in model.encoder.parameters():
             p.mul_(3.0)
     assert probe_imputation_error(model, x, valid, mask, epochs=(1, 3), seed=5) != error
+
+
+def test_rnn_baseline_training_pauses_and_goes_on_as_if_never_paused(tmp_path):
+    torch.manual_seed(0)
+    x = (torch.rand(32, 6, 4, 4) > 0.7).float()
+    valid = (torch.rand(8, 6, 4, 4) > 0.7).float()
+
+    def run(checkpoint, pause_after=None):
+        torch.manual_seed(0)
+        model = RNNBaseline(MLPEncoder(4, 2, (16,)), MLPDecoder(4, 2, (16,)), variational=True)
+        info = train_rnn_baseline(model, x, 4, 3, batch_size=8, lr=1e-2, progress=False, valid=valid,
+                                  checkpoint=checkpoint, pause_after=pause_after)  # fmt: skip
+        return model, info
+
+    straight, info = run(str(tmp_path / "a.pt"))
+    path = str(tmp_path / "b.pt")
+    paused, first = run(path, pause_after=2)
+    assert first["stage"] == "ae" and [h["stage"] for h in first["history"]] == ["ae", "ae"]
+    assert math.isnan(first["imputation_error_valid"])
+    again, second = run(path, pause_after=2)  # already there: no epoch more
+    assert len(second["history"]) == 2
+    assert all(torch.equal(a, b) for a, b in zip(paused.state_dict().values(), again.state_dict().values()))
+    resumed, rest = run(path)
+    assert rest["stage"] == info["stage"] == "done"
+    assert [h["train_loss"] for h in rest["history"]] == [h["train_loss"] for h in info["history"]]
+    assert all(torch.equal(a, b) for a, b in zip(straight.state_dict().values(), resumed.state_dict().values()))

@@ -240,3 +240,28 @@ def test_experiment_selects_seeds_on_validation_data(tmp_path):
     mtime = os.path.getmtime(os.path.join(run, "kvae", "checkpoint.pt"))
     main(args + ["--stage", "evaluate"])
     assert os.path.getmtime(os.path.join(run, "kvae", "checkpoint.pt")) == mtime
+
+
+def test_baselines_compare_seeds_early_and_train_only_the_chosen_one(tmp_path):
+    data = str(tmp_path / "box.npz")
+    save(data, generate("box", (24, 4, 12), seed=0, progress=False))
+    run = str(tmp_path / "exp")
+    args = ["box", "--data", data, "--run-dir", run, "--epochs", "3", "--rnn-epochs", "2", "--stage", "baselines",
+            "--baseline-seeds", "3", "--baseline-select-epochs", "1"]  # fmt: skip
+    main(args)
+    for name in ("vae-rnn", "ae-rnn"):
+        selection = json.load(open(os.path.join(run, f"{name}-selection.json")))
+        scores = selection["scores"]
+        assert set(scores) == {"0", "1", "2"} and selection["select_epochs"] == 1
+        assert selection["seed"] == int(min(scores, key=scores.get))
+        paths = {k: os.path.join(run, f"{name}.pt" if k == 0 else f"{name}-seed{k}.pt") for k in range(3)}
+        for k, path in paths.items():
+            state = torch.load(path, weights_only=False)["state"]
+            if k == selection["seed"]:
+                assert state["stage"] == "done" and state["ae_epochs"] == 3 and state["rnn_epochs"] == 2
+            else:  # left after its selection epoch
+                assert state["stage"] == "ae" and len(state["history"]) == 1
+    # again: the choice stands and nothing trains
+    mtimes = {p: os.path.getmtime(os.path.join(run, p)) for p in os.listdir(run)}
+    main(args)
+    assert {p: os.path.getmtime(os.path.join(run, p)) for p in os.listdir(run)} == mtimes

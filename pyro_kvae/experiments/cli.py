@@ -34,6 +34,10 @@ def add_common_args(parser):
     parser.add_argument("--baseline-seeds", type=positive_int, default=1,
                         help="train each baseline with this many seeds and keep the one with the lowest validation "
                         "imputation error (default 1)")  # fmt: skip
+    parser.add_argument("--baseline-select-epochs", type=positive_int,
+                        help="with --baseline-seeds: compare the seeds after this many auto-encoder epochs (a fresh "
+                        "LSTM's validation imputation error on each code) and train only the best to the end "
+                        "(default: train every seed to the end)")  # fmt: skip
     parser.add_argument("--select-epochs", type=positive_int, default=3,
                         help="epochs of each seed before the choice (default 3)")  # fmt: skip
 

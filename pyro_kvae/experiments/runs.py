@@ -84,30 +84,88 @@ def training_seconds(history) -> float:
     return round(sum(h.get("seconds", 0.0) for h in history), 1)
 
 
+def _baseline(config, variational):
+    ref = build_kvae(config)  # same encoder/decoder architecture as the KVAE
+    return RNNBaseline(ref.encoder, ref.decoder, variational, config.dim_a, likelihood=config.likelihood)
+
+
+def select_baseline_seed(name, variational, config, train, valid, paths, select_epochs, device, epochs, rnn_epochs,
+                         patience=None):  # fmt: skip
+    """
+    Model selection among a baseline's seeds on validation data, early: each seed ``k`` of
+    ``paths`` (``{seed: checkpoint path}``) trains its auto-encoder for ``select_epochs`` epochs
+    of its ``epochs`` (paused in its checkpoint, :func:`~pyro_kvae.baselines.train_rnn_baseline`,
+    which ``rnn_epochs`` LSTM epochs will follow), then a fresh LSTM
+    trained on its codes scores it (:func:`~pyro_kvae.baselines.probe_imputation_error`, validation
+    imputation error at p = 0.5, one mask for all seeds). The seed with the lowest score is
+    returned; ``<first path>-selection.json`` records the scores and the choice, and a later
+    call returns that choice without training.
+
+    :raises ValueError: if a candidate's checkpoint has trained past ``select_epochs``.
+    """
+    from ..baselines import probe_imputation_error
+    from ..train import random_mask
+
+    record = os.path.splitext(paths[min(paths)])[0] + "-selection.json"
+    if os.path.exists(record):
+        with open(record) as f:
+            saved = json.load(f)
+        if saved["select_epochs"] == select_epochs and sorted(map(int, saved["scores"])) == sorted(paths):
+            return saved["seed"], {int(k): v for k, v in saved["scores"].items()}
+    valid_mask = random_mask(valid.x.shape[:2], 0.5, T_INIT, torch.Generator().manual_seed(min(paths) + 1))
+    scores = {}
+    for k, path in paths.items():
+        torch.manual_seed(k)
+        model = _baseline(config, variational)
+        info = train_rnn_baseline(model, train.x, epochs, rnn_epochs, seed=k, device=device, valid=valid.x,
+                                  checkpoint=path, lr=config.lr, desc=f"{name} seed {k}", patience=patience,
+                                  pause_after=select_epochs)  # fmt: skip
+        if info["stage"] != "ae" or len(info["history"]) != select_epochs:
+            raise ValueError(f"{path} has trained past the {select_epochs} selection epochs of its auto-encoder; "
+                             "remove it (or pass --overwrite) to select among seeds")  # fmt: skip
+        scores[k] = probe_imputation_error(model, train.x, valid.x, valid_mask, seed=k)
+        print(f"{name} seed {k}: validation imputation error {scores[k]:.4f} after {select_epochs} epochs")
+    chosen = min(scores, key=lambda k: (math.isnan(scores[k]), scores[k]))
+    write_json(record, {"select_epochs": select_epochs, "scores": {str(k): v for k, v in scores.items()},
+                        "seed": chosen})  # fmt: skip
+    return chosen, scores
+
+
 def fit_baselines(config, train, valid, run_dir, epochs, seed, device, overwrite=False, rnn_epochs=None,
-                  only_finished=False, patience=None, seeds=1):  # fmt: skip
+                  only_finished=False, patience=None, seeds=1, select_epochs=None):  # fmt: skip
     """The AE-RNN and VAE-RNN with the KVAE's encoder/decoder architecture: ``epochs`` of the
     auto-encoder, ``rnn_epochs`` (default ``epochs``) of the LSTM, each model checkpointed in
     ``run_dir/<name>.pt`` and continued from it. With ``seeds > 1`` each baseline is trained with
     seeds ``seed``, ``seed + 1``, ... (the others in ``run_dir/<name>-seed<N>.pt``) and the one with
     the lowest validation imputation error is kept (model selection on validation data; a 2-d
-    auto-encoder's code can fold as the KVAE's a-space does). With ``only_finished`` a baseline
-    whose training has not finished is left out instead. Returns ``{name: (model, info)}``;
-    ``info["seed"]`` is the seed kept and ``info["seed_scores"]`` every seed's validation error."""
+    auto-encoder's code can fold as the KVAE's a-space does). With ``select_epochs`` as well, the
+    seeds are compared after that many auto-encoder epochs (:func:`select_baseline_seed`) and only
+    the chosen one trains to the end. With ``only_finished`` a baseline whose training has not
+    finished is left out instead. Returns ``{name: (model, info)}``; ``info["seed"]`` is the seed
+    kept, ``info["seed_scores"]`` every finished seed's validation error and
+    ``info["selection_scores"]`` the early scores (with ``select_epochs``)."""
     out = {}
     for name, variational in (("VAE-RNN", True), ("AE-RNN", False)):
+        paths = {k: os.path.join(run_dir, f"{name.lower()}.pt" if k == seed else f"{name.lower()}-seed{k}.pt")
+                 for k in range(seed, seed + seeds)}  # fmt: skip
+        if overwrite:
+            for path in paths.values():
+                for p in (path, os.path.splitext(path)[0] + "-selection.json"):
+                    if os.path.exists(p):
+                        os.remove(p)
+        selection = {}
+        if select_epochs and seeds > 1:
+            chosen, selection = select_baseline_seed(name, variational, config, train, valid, paths, select_epochs,
+                                                     device, epochs, rnn_epochs or epochs, patience)  # fmt: skip
+            paths = {chosen: paths[chosen]}
         candidates = {}
-        for k in range(seed, seed + seeds):
-            path = os.path.join(run_dir, f"{name.lower()}.pt" if k == seed else f"{name.lower()}-seed{k}.pt")
-            if overwrite and os.path.exists(path):
-                os.remove(path)
+        for k, path in paths.items():
             if only_finished and not (
                 os.path.exists(path) and load_checkpoint(path, keys=("state",))["state"]["stage"] == "done"
             ):
                 continue
             torch.manual_seed(k)
-            ref = build_kvae(config)  # same encoder/decoder architecture as the KVAE
-            model = RNNBaseline(ref.encoder, ref.decoder, variational, config.dim_a, likelihood=config.likelihood)
+            model = _baseline(config, variational)
             info = train_rnn_baseline(model, train.x, epochs, rnn_epochs or epochs, seed=k, device=device,
                                       valid=valid.x if len(valid) else None, checkpoint=path, lr=config.lr,
                                       desc=name if seeds == 1 else f"{name} seed {k}", patience=patience)  # fmt: skip
@@ -117,7 +175,8 @@ def fit_baselines(config, train, valid, run_dir, epochs, seed, device, overwrite
         scores = {k: info["imputation_error_valid"] for k, (_, info) in candidates.items()}
         best = min(scores, key=lambda k: (math.isnan(scores[k]), scores[k]))
         model, info = candidates[best]
-        out[name] = (model, {**info, "seed": best, "seed_scores": {str(k): v for k, v in scores.items()}})
+        out[name] = (model, {**info, "seed": best, "seed_scores": {str(k): v for k, v in scores.items()},
+                             "selection_scores": {str(k): v for k, v in selection.items()}})  # fmt: skip
     return out
 
 
@@ -150,13 +209,14 @@ def imputation_experiment(args):
     if args.stage in ("baselines", "all"):
         baselines = fit_baselines(config, train, valid, run_dir, args.baseline_epochs or args.epochs, args.seed,
                                   device, args.overwrite, args.rnn_epochs, patience=args.patience,
-                                  seeds=args.baseline_seeds)  # fmt: skip
+                                  seeds=args.baseline_seeds, select_epochs=args.baseline_select_epochs)  # fmt: skip
     if args.stage == "evaluate":  # what is trained now: the KVAE at its last finished epoch, finished baselines
         trainer = Trainer.resume(os.path.join(run_dir, "kvae"), changes=run_settings(config, meta))
         print(f"{run_dir}: evaluating the KVAE at epoch {trainer.epoch} of {config.epochs}")
         baselines = fit_baselines(config, train, valid, run_dir, args.baseline_epochs or args.epochs, args.seed,
                                   device, rnn_epochs=args.rnn_epochs, only_finished=True,
-                                  patience=args.patience, seeds=args.baseline_seeds)  # fmt: skip
+                                  patience=args.patience, seeds=args.baseline_seeds,
+                                  select_epochs=args.baseline_select_epochs)  # fmt: skip
     elif args.stage != "all":
         return None
 
@@ -195,6 +255,7 @@ def imputation_experiment(args):
                 "imputation_error_valid": info["imputation_error_valid"],
                 "seed": info["seed"],
                 "seed_scores_valid": info["seed_scores"],
+                "selection_scores_valid": info["selection_scores"],
                 "train_seconds": training_seconds(info["history"]),
             }
             for name, (b, info) in baselines.items()
