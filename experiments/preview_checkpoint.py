@@ -15,7 +15,7 @@ from pyro_kvae.evaluation import T_INIT, a_space_r2, gap_mask
 from pyro_kvae.imputation import impute, pixel_error
 from pyro_kvae.train import Trainer, load_checkpoint, random_mask
 
-checkpoint = load_checkpoint("experiments/authors_box_selected/kvae/checkpoint.pt")  # read only: the run goes on
+checkpoint = load_checkpoint("experiments/authors_box/kvae/checkpoint.pt")  # read only: the run goes on
 config = KVAEConfig.from_dict(checkpoint["pyro_kvae"]["config"])
 trainer = Trainer(config, progress=False, state=checkpoint)
 kvae = trainer.model.eval()

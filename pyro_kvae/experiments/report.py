@@ -106,8 +106,8 @@ def imputation_heading(summary) -> str:
     text = (f"{s['n_train']} training sequences, {s['settings']['filters'][0]} filters, KVAE {epochs} epochs "
             f"({s['kvae_train_seconds']:.0f} s)")  # fmt: skip
     if s["baselines"]:
-        b = next(iter(s["baselines"].values()))
-        text += f", baselines {b['autoencoder_epochs']} epochs (auto-encoder) and {b['lstm_epochs']} (LSTM)"
+        text += ", " + ", ".join(f"{name} {b['autoencoder_epochs']} epochs (auto-encoder) and {b['lstm_epochs']} (LSTM)"
+                                 for name, b in s["baselines"].items())  # fmt: skip
     return text + f"; test ELBO {s['kvae_test_elbo']:.1f}"
 
 
