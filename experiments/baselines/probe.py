@@ -4,7 +4,7 @@ Short runs of the baselines' auto-encoders on the authors' box: when does the AE
 fold, does it depend on the seed, and does a short LSTM on the early code already tell a good
 seed from a bad one (as the validation imputation error does for the KVAE)?
 
-    .venv/bin/python experiments/baselines/probe.py KIND SEED [--epochs 6]   # KIND: ae or vae
+    .venv/bin/python experiments/baselines/probe.py KIND SEED [--epochs 5] [--lr 0.001]   # KIND: ae or vae
     .venv/bin/python experiments/baselines/probe.py --table
 
 Each run builds the baseline exactly as ``python -m pyro_kvae.experiments box --paper --authors``
@@ -42,8 +42,10 @@ DATA = "data/authors_box.npz"
 PROBE_EPOCHS = (10, 20)
 
 
-def run(kind, seed, epochs, n_train=None):
-    run_dir = os.path.join(ROOT, kind, f"seed{seed}")
+def run(kind, seed, epochs, n_train=None, lr=None, weight_init=None):
+    change = "" if lr is None else f"_lr{lr:g}"
+    change += "" if weight_init is None else f"_{weight_init}"
+    run_dir = os.path.join(ROOT, kind + change, f"seed{seed}")
     os.makedirs(run_dir, exist_ok=True)
     torch.set_flush_denormal(True)
     path = authors_dataset("box", "datasets/authors", DATA)
@@ -51,11 +53,13 @@ def run(kind, seed, epochs, n_train=None):
     train = train.take(n_train) if n_train else train
     position = valid.tensors["position"]
     valid_mask = random_mask(valid.x.shape[:2], 0.5, 4, torch.Generator().manual_seed(seed + 1))
-    config = KVAEConfig(conv_filters=(32, 32, 32), **KVAEConfig.frame_fields(train.frame_shape))
+    config = KVAEConfig(conv_filters=(32, 32, 32), weight_init=weight_init or KVAEConfig.weight_init,
+                        **KVAEConfig.frame_fields(train.frame_shape))  # fmt: skip
     torch.manual_seed(seed)  # as fit_baselines: the same initial weights as the package's seed
     ref = build_kvae(config)
     model = RNNBaseline(ref.encoder, ref.decoder, kind == "vae", config.dim_a, likelihood=config.likelihood)
-    opt = torch.optim.Adam(list(model.encoder.parameters()) + list(model.decoder.parameters()), lr=config.lr)
+    params = list(model.encoder.parameters()) + list(model.decoder.parameters())
+    opt = torch.optim.Adam(params, lr=config.lr if lr is None else lr)  # the package trains them with the KVAE's
     g = torch.Generator().manual_seed(seed)  # as train_rnn_baseline: the same batches
     epoch, checkpoint = 0, os.path.join(run_dir, "checkpoint.pt")
     if os.path.exists(checkpoint):
@@ -94,13 +98,19 @@ def run(kind, seed, epochs, n_train=None):
 
 def table():
     lines = ["| kind | seed | epoch: R^2 a[0]/a[1], reconstruction error, probe imputation error |", "|---|---|---|"]
-    for kind in ("ae", "vae"):
-        for name in sorted(os.listdir(os.path.join(ROOT, kind))) if os.path.isdir(os.path.join(ROOT, kind)) else []:
-            with open(os.path.join(ROOT, kind, name, "metrics.jsonl")) as f:
+    kinds = sorted(d for d in os.listdir(ROOT) if os.path.isdir(os.path.join(ROOT, d)))
+    for kind in kinds:
+        for name in sorted(os.listdir(os.path.join(ROOT, kind))):
+            path = os.path.join(ROOT, kind, name, "metrics.jsonl")
+            if not os.path.exists(path):  # started, no epoch finished yet
+                continue
+            with open(path) as f:
                 rows = list({r["epoch"]: r for r in map(json.loads, filter(str.strip, f))}.values())  # last of each
             cells = "; ".join(f"{r['epoch']}: {r['r2'][0]:.2f}/{r['r2'][1]:.2f}, {r['recon']:.4f}, {r['probe']:.4f}"
                               for r in rows)  # fmt: skip
-            lines.append(f"| {kind.upper()}-RNN | {name[4:]} | {cells} |")
+            base, *changes = kind.split("_")
+            label = ", ".join([f"{base.upper()}-RNN"] + [c.replace("lr", "lr ") for c in changes])
+            lines.append(f"| {label} | {name[4:]} | {cells} |")
     return "\n".join(lines)
 
 
@@ -108,11 +118,15 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("kind", nargs="?", choices=("ae", "vae"))
     parser.add_argument("seed", nargs="?", type=int)
-    parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--table", action="store_true")
     parser.add_argument("--n-train", type=int, help="training sequences (a smoke test takes fewer)")
+    parser.add_argument("--lr", type=float, help="the auto-encoder's learning rate (default: the KVAE's, 0.007, "
+                        "as the package); runs go to KIND_lrLR/")  # fmt: skip
+    parser.add_argument("--weight-init", choices=("he", "glorot"),
+                        help="the auto-encoder's initialisation (default: the package's, he); runs go to KIND_INIT/")
     args = parser.parse_args()
     if args.table:
         print(table())
     else:
-        run(args.kind, args.seed, args.epochs, args.n_train)
+        run(args.kind, args.seed, args.epochs, args.n_train, args.lr, args.weight_init)
