@@ -36,10 +36,10 @@ run() {  # name, then the experiment's arguments
     echo "$name: exit $?"
     tr '\r' '\n' <"/tmp/$name.log" | grep -v "it/s\]$" | tail -c 20000 >"$OUT/$name.log"
 }
-FLAGS="--paper --authors --patience 10 --select-seeds 4 --select-epochs 3 --baseline-seeds 3"
+FLAGS="--paper --authors --patience 10 --select-seeds 4 --select-epochs 3 --baseline-seeds 3 --baseline-select-epochs 3"
 DIRS=""
 for env in ${ENVS:-box polygon}; do
-    dir=experiments/authors_${env}_selected
+    dir=experiments/authors_${env}  # a finished stage only loads (the box's KVAE is finished)
     run "${env}_kvae" "$env" $FLAGS --stage kvae --run-dir "$dir" &
     run "${env}_baselines" "$env" $FLAGS --stage baselines --run-dir "$dir" &
     DIRS="$DIRS $dir"
