@@ -42,9 +42,10 @@ DATA = "data/authors_box.npz"
 PROBE_EPOCHS = (10, 20)
 
 
-def run(kind, seed, epochs, n_train=None, lr=None, weight_init=None):
+def run(kind, seed, epochs, n_train=None, lr=None, weight_init=None, decoder_bias=None):
     change = "" if lr is None else f"_lr{lr:g}"
     change += "" if weight_init is None else f"_{weight_init}"
+    change += "" if decoder_bias is None else f"_bias{decoder_bias:g}"
     run_dir = os.path.join(ROOT, kind + change, f"seed{seed}")
     os.makedirs(run_dir, exist_ok=True)
     torch.set_flush_denormal(True)
@@ -54,7 +55,7 @@ def run(kind, seed, epochs, n_train=None, lr=None, weight_init=None):
     position = valid.tensors["position"]
     valid_mask = random_mask(valid.x.shape[:2], 0.5, 4, torch.Generator().manual_seed(seed + 1))
     config = KVAEConfig(conv_filters=(32, 32, 32), weight_init=weight_init or KVAEConfig.weight_init,
-                        **KVAEConfig.frame_fields(train.frame_shape))  # fmt: skip
+                        decoder_bias_std=decoder_bias or 0.0, **KVAEConfig.frame_fields(train.frame_shape))  # fmt: skip
     torch.manual_seed(seed)  # as fit_baselines: the same initial weights as the package's seed
     ref = build_kvae(config)
     model = RNNBaseline(ref.encoder, ref.decoder, kind == "vae", config.dim_a, likelihood=config.likelihood)
@@ -109,7 +110,9 @@ def table():
             cells = "; ".join(f"{r['epoch']}: {r['r2'][0]:.2f}/{r['r2'][1]:.2f}, {r['recon']:.4f}, {r['probe']:.4f}"
                               for r in rows)  # fmt: skip
             base, *changes = kind.split("_")
-            label = ", ".join([f"{base.upper()}-RNN"] + [c.replace("lr", "lr ") for c in changes])
+            names = {"lr": "lr ", "bias": "decoder bias std "}
+            label = ", ".join([f"{base.upper()}-RNN"] + [next((c.replace(k, v, 1) for k, v in names.items()
+                                                                if c.startswith(k)), c) for c in changes])  # fmt: skip
             lines.append(f"| {label} | {name[4:]} | {cells} |")
     return "\n".join(lines)
 
@@ -125,8 +128,11 @@ if __name__ == "__main__":
                         "as the package); runs go to KIND_lrLR/")  # fmt: skip
     parser.add_argument("--weight-init", choices=("he", "glorot"),
                         help="the auto-encoder's initialisation (default: the package's, he); runs go to KIND_INIT/")
+    parser.add_argument("--decoder-bias", type=float,
+                        help="std of the decoder's first-layer initial bias (default 0, the package's); runs go to "
+                        "KIND_biasSTD/")  # fmt: skip
     args = parser.parse_args()
     if args.table:
         print(table())
     else:
-        run(args.kind, args.seed, args.epochs, args.n_train, args.lr, args.weight_init)
+        run(args.kind, args.seed, args.epochs, args.n_train, args.lr, args.weight_init, args.decoder_bias)
