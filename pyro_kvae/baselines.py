@@ -168,10 +168,13 @@ def probe_imputation_error(model: RNNBaseline, x: torch.Tensor, valid: torch.Ten
     How good an auto-encoder's code is for the baseline's dynamics, measured without true
     positions: a fresh LSTM (``model``'s size, initialised from ``seed``) is trained on the codes
     of the videos ``x (N, T, *frame_shape)`` as :func:`train_rnn_baseline`'s second stage does,
-    and the lowest validation imputation error (:func:`imputation_error` on ``valid`` with
-    ``valid_mask``) after each number of LSTM epochs in ``epochs`` is returned. ``model`` and the
-    global random stream are left as they were.
+    and the lowest validation imputation error (:func:`imputation_error` on ``valid (N', T,
+    *frame_shape)`` with the bool ``valid_mask (N', T)``, True where observed) after each number
+    of LSTM epochs in ``epochs`` (positive ints) is returned. ``model`` and the global random
+    stream are left as they were.
     """
+    if not epochs or any(isinstance(e, bool) or not isinstance(e, int) or e < 1 for e in epochs):
+        raise ValueError(f"epochs must be a non-empty sequence of positive ints, got {epochs!r}")
     rng, was_training = torch.get_rng_state(), model.training
     torch.manual_seed(seed)
     probe = RNNBaseline(model.encoder, model.decoder, model.variational, model.a0.numel(), model.lstm.hidden_size,
