@@ -18,24 +18,24 @@ frames, and after every epoch logs to ``experiments/baselines/KIND/seedN/metrics
   LSTM trained for 20 epochs on the codes, as the package's LSTM stage (teacher forcing, Adam
   0.003), the better of its errors after 10 and 20 epochs.
 
-The validation split is the first 500 of the authors' test sequences (the package's). An
-unfinished run continues from ``checkpoint.pt``.
+The validation split is the first 500 of the authors' test sequences (the package's). The
+auto-encoder trains by the package's own ``train_rnn_baseline``, paused after every epoch; an
+unfinished run continues from its ``baseline.pt``.
 """
 
 import argparse
 import json
 import os
-import time
 
 import torch
 
-from pyro_kvae.baselines import RNNBaseline, encode_codes, probe_imputation_error, reconstruction_error
+from pyro_kvae.baselines import RNNBaseline, encode_codes, probe_imputation_error, train_rnn_baseline
 from pyro_kvae.config import KVAEConfig, build_kvae
 from pyro_kvae.data import VideoDataset
 from pyro_kvae.data.datasets import authors_dataset
 from pyro_kvae.evaluation import affine_r2
 from pyro_kvae.files import append_jsonl
-from pyro_kvae.train import atomic_save, random_mask
+from pyro_kvae.train import random_mask
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 DATA = "data/authors_box.npz"
@@ -59,42 +59,31 @@ def run(kind, seed, epochs, n_train=None, lr=None, weight_init=None, decoder_bia
     torch.manual_seed(seed)  # as fit_baselines: the same initial weights as the package's seed
     ref = build_kvae(config)
     model = RNNBaseline(ref.encoder, ref.decoder, kind == "vae", config.dim_a, likelihood=config.likelihood)
-    params = list(model.encoder.parameters()) + list(model.decoder.parameters())
-    opt = torch.optim.Adam(params, lr=config.lr if lr is None else lr)  # the package trains them with the KVAE's
-    g = torch.Generator().manual_seed(seed)  # as train_rnn_baseline: the same batches
-    epoch, checkpoint = 0, os.path.join(run_dir, "checkpoint.pt")
-    if os.path.exists(checkpoint):
-        saved = torch.load(checkpoint, weights_only=False)
-        model.load_state_dict(saved["model"])
-        opt.load_state_dict(saved["opt"])
-        g.set_state(saved["rng"][0])
-        torch.set_rng_state(saved["rng"][1])
-        epoch = saved["epoch"]
-    frames = train.x.flatten(0, 1)
-    while epoch < epochs:
-        started, total, n = time.perf_counter(), 0.0, 0
-        for idx in torch.randperm(len(frames), generator=g).split(32 * train.x.shape[1]):
-            loss = model.autoencoder_loss(frames[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            total, n = total + loss.detach(), n + 1
-        epoch += 1
-        seconds = time.perf_counter() - started
-        model.eval()
+    checkpoint, metrics = os.path.join(run_dir, "baseline.pt"), os.path.join(run_dir, "metrics.jsonl")
+    done = len(logged(metrics)) if os.path.exists(metrics) else 0
+    for epoch in range(done + 1, epochs + 1):
+        # the package's training, paused after each epoch (it never reaches its LSTM stage here)
+        info = train_rnn_baseline(model, train.x, epochs_ae=10**6, epochs_rnn=1, seed=seed, valid=valid.x,
+                                  lr=config.lr if lr is None else lr, checkpoint=checkpoint, pause_after=epoch,
+                                  progress=False)  # fmt: skip
+        last = info["history"][-1]
+        model.train()
         row = {
-            "epoch": epoch,
-            "train_loss": round(float(total / n), 3),
-            "recon": reconstruction_error(model, valid.x),
+            "epoch": last["epoch"],
+            "train_loss": round(last["train_loss"], 3),
+            "recon": last["valid_error"],
             "r2": [round(v, 4) for v in affine_r2(encode_codes(model, valid.x), position).tolist()],
             "probe": probe_imputation_error(model, train.x, valid.x, valid_mask, PROBE_EPOCHS, seed=1000 + seed),
-            "seconds": round(seconds, 1),
+            "seconds": last["seconds"],
         }
-        model.train()
-        rng = [g.get_state(), torch.get_rng_state()]
-        append_jsonl(os.path.join(run_dir, "metrics.jsonl"), row)
-        atomic_save({"model": model.state_dict(), "opt": opt.state_dict(), "rng": rng, "epoch": epoch}, checkpoint)
+        append_jsonl(metrics, row)
         print(json.dumps(row), flush=True)
+
+
+def logged(path):
+    """The rows of ``metrics.jsonl``, the last of each epoch."""
+    with open(path) as f:
+        return list({r["epoch"]: r for r in map(json.loads, filter(str.strip, f))}.values())
 
 
 def table():
@@ -105,8 +94,7 @@ def table():
             path = os.path.join(ROOT, kind, name, "metrics.jsonl")
             if not os.path.exists(path):  # started, no epoch finished yet
                 continue
-            with open(path) as f:
-                rows = list({r["epoch"]: r for r in map(json.loads, filter(str.strip, f))}.values())  # last of each
+            rows = logged(path)
             cells = "; ".join(f"{r['epoch']}: {r['r2'][0]:.2f}/{r['r2'][1]:.2f}, {r['recon']:.4f}, {r['probe']:.4f}"
                               for r in rows)  # fmt: skip
             base, *changes = kind.split("_")
@@ -126,8 +114,11 @@ if __name__ == "__main__":
     parser.add_argument("--n-train", type=int, help="training sequences (a smoke test takes fewer)")
     parser.add_argument("--lr", type=float, help="the auto-encoder's learning rate (default: the KVAE's, 0.007, "
                         "as the package); runs go to KIND_lrLR/")  # fmt: skip
-    parser.add_argument("--weight-init", choices=("he", "glorot"),
-                        help="the auto-encoder's initialisation (default: the package's, he); runs go to KIND_INIT/")
+    parser.add_argument(
+        "--weight-init",
+        choices=("he", "glorot"),
+        help="the auto-encoder's initialisation (default: the package's, he); runs go to KIND_INIT/",
+    )
     parser.add_argument("--decoder-bias", type=float,
                         help="std of the decoder's first-layer initial bias (default 0, the package's); runs go to "
                         "KIND_biasSTD/")  # fmt: skip
