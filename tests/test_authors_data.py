@@ -134,6 +134,22 @@ def test_pretrained_unknown_name():
         pretrained.load(3)
 
 
+def test_pretrained_gravity_is_box_gravity(tmp_path, monkeypatch):
+    import shutil
+
+    from pyro_kvae import pretrained
+
+    for suffix in (".json", ".pt"):  # the box's files under the name of the box with gravity
+        shutil.copy(os.path.join(pretrained.HERE, "box" + suffix), tmp_path / f"box_gravity{suffix}")
+    monkeypatch.setattr(pretrained, "HERE", str(tmp_path))
+    assert pretrained.names() == ("box_gravity",)
+    assert pretrained.info("gravity") == pretrained.info("box_gravity")
+    a, b = pretrained.load("gravity").state_dict(), pretrained.load("box_gravity").state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(ValueError, match="no pretrained model called 'box'"):
+        pretrained.load("box")
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 def test_pretrained_on_cuda():
     from pyro_kvae import pretrained

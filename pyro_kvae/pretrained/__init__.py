@@ -28,6 +28,7 @@ import torch
 from ..config import KVAEConfig, build_kvae, check_device
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+ALIASES = {"gravity": "box_gravity"}  # the paper's short name for the ball in a box with gravity
 
 
 def names() -> tuple:
@@ -38,6 +39,7 @@ def names() -> tuple:
 def _path(name: str, suffix: str) -> str:
     if not isinstance(name, str):
         raise TypeError(f"name must be a str, one of {names()}, got {type(name).__name__}")
+    name = ALIASES.get(name, name)
     if name not in names():
         raise ValueError(f"no pretrained model called {name!r}; the names are {names()}")
     return os.path.join(HERE, name + suffix)
@@ -52,7 +54,8 @@ def info(name: str) -> dict:
 
 def load(name: str, device: Optional[str] = None):
     """
-    The trained :class:`~pyro_kvae.models.KVAE` called ``name`` (see :func:`names`), in eval
+    The trained :class:`~pyro_kvae.models.KVAE` called ``name`` (see :func:`names`; ``"gravity"``
+    is ``"box_gravity"``), in eval
     mode on ``device`` (default: the CPU), ready for :func:`~pyro_kvae.imputation.impute` and
     :func:`~pyro_kvae.imputation.generate`.
 
