@@ -215,7 +215,8 @@ def train_rnn_baseline(
     Trains ``model`` on videos ``x (N, T, *frame_shape)`` in two stages (paper section 5.1):
 
     1. the auto-encoder (VAE for VAE-RNN) on single frames, ``epochs_ae`` passes over all
-       frames in batches of ``batch_size`` sequences' frames;
+       frames in batches of ``batch_size`` sequences' frames (``epochs_ae=0``: it is trained
+       already, e.g. the KVAE's own, and stays as it is);
     2. the LSTM (learning rate ``lr_rnn``) on the fixed encoder means, predicting ``a_t`` from
        ``a_{<t}`` (teacher forcing); with ``free_running`` each sequence instead drops frames
        with its own probability (:func:`free_running_mask`) and the LSTM reads its own
@@ -241,8 +242,8 @@ def train_rnn_baseline(
     from .files import remove_temporaries
     from .train import atomic_save, load_checkpoint, random_mask
 
-    if epochs_ae < 1 or epochs_rnn < 1:
-        raise ValueError(f"epochs_ae and epochs_rnn must be at least 1, got {epochs_ae} and {epochs_rnn}")
+    if epochs_ae < 0 or epochs_rnn < 1:
+        raise ValueError(f"epochs_ae must be at least 0 and epochs_rnn at least 1, got {epochs_ae} and {epochs_rnn}")
     if patience is not None and (isinstance(patience, bool) or not isinstance(patience, int) or patience < 1):
         raise ValueError(f"patience must be a positive int (epochs without improvement) or None, got {patience!r}")
     device = torch.device(device or "cpu")
@@ -250,7 +251,8 @@ def train_rnn_baseline(
     g = torch.Generator().manual_seed(seed)
     ae_params = list(model.encoder.parameters()) + list(model.decoder.parameters())
     rnn_params = list(model.lstm.parameters()) + list(model.head.parameters()) + [model.a0]
-    state = {"stage": "ae", "epoch": 0, "history": [], "best": None, "best_score": math.inf, "best_epoch": 0}
+    state = {"stage": "ae" if epochs_ae else "rnn", "epoch": 0, "history": [], "best": None, "best_score": math.inf,
+             "best_epoch": 0, "ae_epochs": 0}  # fmt: skip
     optimizers = {"ae": torch.optim.Adam(ae_params, lr=lr), "rnn": torch.optim.Adam(rnn_params, lr=lr_rnn)}
     if checkpoint is not None and os.path.exists(checkpoint):
         saved = load_checkpoint(checkpoint, keys=("model", "optimizers", "state", "rng"))
@@ -258,6 +260,10 @@ def train_rnn_baseline(
         for k, opt in optimizers.items():
             opt.load_state_dict(saved["optimizers"][k])
         state = {"best_epoch": 0, **saved["state"]}
+        trained_ae = any(h["stage"] == "ae" for h in state["history"])
+        if trained_ae != (epochs_ae > 0):
+            raise ValueError(f"checkpoint {checkpoint} was trained {'with' if trained_ae else 'without'} an "
+                             f"auto-encoder stage, but epochs_ae={epochs_ae}; remove it to start afresh")  # fmt: skip
         g.set_state(saved["rng"][0])
         torch.set_rng_state(saved["rng"][1])  # the VAE's noise
     if checkpoint is not None:
@@ -275,6 +281,8 @@ def train_rnn_baseline(
         model.train()
         return out
 
+    if epochs_ae == 0 and "ae_valid_error" not in state:  # the auto-encoder came trained: its score as it is
+        state["ae_valid_error"] = None if valid is None else score("ae")
     epochs = {"ae": epochs_ae, "rnn": epochs_rnn}
     bar = tqdm(total=epochs_ae + epochs_rnn, initial=len(state["history"]), desc=desc, disable=not progress)
     for stage in ("ae", "rnn"):

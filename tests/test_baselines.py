@@ -236,3 +236,25 @@ def test_rnn_baseline_training_pauses_and_goes_on_as_if_never_paused(tmp_path):
     assert rest["stage"] == info["stage"] == "done"
     assert [h["train_loss"] for h in rest["history"]] == [h["train_loss"] for h in info["history"]]
     assert all(torch.equal(a, b) for a, b in zip(straight.state_dict().values(), resumed.state_dict().values()))
+
+
+def test_rnn_baseline_on_a_trained_autoencoder_trains_only_its_lstm(tmp_path):
+    """epochs_ae=0 (the AE-RNN on the KVAE's auto-encoder): the encoder and decoder stay as they
+    came, the LSTM trains, and a checkpoint of the other kind is refused by name."""
+    torch.manual_seed(0)
+    x = (torch.rand(32, 6, 4, 4) > 0.7).float()
+    valid = (torch.rand(8, 6, 4, 4) > 0.7).float()
+    model = RNNBaseline(MLPEncoder(4, 2, (16,)), MLPDecoder(4, 2, (16,)), variational=False)
+    autoencoder = {k: v.clone() for k, v in model.state_dict().items() if k.startswith(("encoder", "decoder"))}
+    lstm = model.lstm.weight_ih_l0.detach().clone()
+    path = str(tmp_path / "kvae-ae.pt")
+    info = train_rnn_baseline(model, x, 0, 3, batch_size=8, progress=False, valid=valid, checkpoint=path)
+    assert [h["stage"] for h in info["history"]] == ["rnn"] * 3 and info["epochs"] == {"ae": 0, "rnn": 3}
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in autoencoder.items())
+    assert not torch.equal(lstm, model.lstm.weight_ih_l0)
+    assert info["reconstruction_error_valid"] == pytest.approx(reconstruction_error(model, valid))
+    assert 0.0 <= info["imputation_error_valid"] <= 1.0
+    with pytest.raises(ValueError, match=r"kvae-ae.pt was trained without an auto-encoder stage, but epochs_ae=2"):
+        train_rnn_baseline(model, x, 2, 3, progress=False, checkpoint=path)
+    with pytest.raises(ValueError, match="epochs_ae must be at least 0"):
+        train_rnn_baseline(model, x, -1, 3, progress=False)

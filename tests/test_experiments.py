@@ -15,7 +15,7 @@ from pyro_kvae.evaluation import gap_mask, imputation_table
 from pyro_kvae.experiments import main
 from pyro_kvae.experiments.report import blank_frames_check, held_out_table, imputation_heading
 from pyro_kvae.nn import MLPDecoder, MLPEncoder
-from pyro_kvae.train import random_mask
+from pyro_kvae.train import Trainer, random_mask
 
 
 def test_masks():
@@ -96,8 +96,9 @@ def test_experiment_runner(tmp_path, capsys):
     assert len(results["rows"]) == 5 * (10 + 8)
     assert results["seed"] == 0 and results["settings"]["epochs"] == 1 and results["versions"]["torch"]
     assert results["kvae_train_seconds"] > 0 and results["n_valid"] == 4
-    for b in results["baselines"].values():
-        assert 0 <= b["reconstruction_error_test"] <= 1 and b["autoencoder_epochs"] == 1 and b["train_seconds"] > 0
+    for name, b in results["baselines"].items():
+        assert 0 <= b["reconstruction_error_test"] <= 1 and b["train_seconds"] > 0
+        assert (b["autoencoder"], b["autoencoder_epochs"]) == (("kvae", None) if name == "AE-RNN" else ("own", 1))
     # running it again continues every model from its checkpoint: nothing is retrained
     mtimes = {f: os.path.getmtime(os.path.join(run, f)) for f in ("vae-rnn.pt", "ae-rnn.pt", "kvae/checkpoint.pt")}
     main(args)
@@ -247,9 +248,11 @@ def test_baselines_compare_seeds_early_and_train_only_the_chosen_one(tmp_path):
     save(data, generate("box", (24, 4, 12), seed=0, progress=False))
     run = str(tmp_path / "exp")
     args = ["box", "--data", data, "--run-dir", run, "--epochs", "3", "--rnn-epochs", "2", "--stage", "baselines",
-            "--baseline-seeds", "3", "--baseline-select-epochs", "1"]  # fmt: skip
+            "--baseline-seeds", "3", "--baseline-select-epochs", "1",
+            "--baselines", "vae-rnn", "ae-rnn-own"]  # fmt: skip
     main(args)
-    for name in ("vae-rnn", "ae-rnn"):
+    assert not os.path.exists(os.path.join(run, "ae-rnn.pt"))  # not asked for (and no KVAE trained yet)
+    for name in ("vae-rnn", "ae-rnn-own"):
         selection = json.load(open(os.path.join(run, f"{name}-selection.json")))
         scores = selection["scores"]
         assert set(scores) == {"0", "1", "2"} and selection["select_epochs"] == 1
@@ -265,3 +268,28 @@ def test_baselines_compare_seeds_early_and_train_only_the_chosen_one(tmp_path):
     mtimes = {p: os.path.getmtime(os.path.join(run, p)) for p in os.listdir(run)}
     main(args)
     assert {p: os.path.getmtime(os.path.join(run, p)) for p in os.listdir(run)} == mtimes
+
+
+def test_ae_rnn_is_an_lstm_on_the_kvae_autoencoder_and_follows_it(tmp_path, capsys):
+    """The AE-RNN's encoder and decoder are the KVAE's, frozen; when the KVAE trains on, its LSTM
+    trains again on the new auto-encoder, and the baselines with their own auto-encoders stay."""
+    data = str(tmp_path / "box.npz")
+    save(data, generate("box", (16, 4, 8), seed=0, progress=False, T=8, size=16))
+    run = tmp_path / "exp"
+    common = ["box", "--data", data, "--run-dir", str(run), "--n-test", "4", "--filters", "4", "4",
+              "--iwae-particles", "2", "--dynamics", "mlp", "--rnn-epochs", "2", "--baseline-epochs", "1"]  # fmt: skip
+
+    def same_autoencoder():
+        kvae = Trainer.resume(str(run / "kvae")).model
+        saved = torch.load(run / "ae-rnn.pt", weights_only=False)["model"]
+        ours = {f"{part}.{k}": v for part in ("encoder", "decoder")
+                for k, v in getattr(kvae, part).state_dict().items()}  # fmt: skip
+        return all(torch.equal(v, saved[k]) for k, v in ours.items())
+
+    s = main([*common, "--epochs", "1", "--baselines", "vae-rnn", "ae-rnn", "ae-rnn-own"])
+    assert set(s["baselines"]) == {"VAE-RNN", "AE-RNN", "AE-RNN (own AE)"} and same_autoencoder()
+    assert "AE-RNN the KVAE's auto-encoder and 2 LSTM epochs" in imputation_heading(s)
+    mtimes = {f: os.path.getmtime(run / f) for f in ("vae-rnn.pt", "ae-rnn-own.pt")}
+    main([*common, "--epochs", "2", "--baselines", "vae-rnn", "ae-rnn", "ae-rnn-own"])  # the KVAE trains on
+    assert "the KVAE has trained on since" in capsys.readouterr().out and same_autoencoder()
+    assert mtimes == {f: os.path.getmtime(run / f) for f in mtimes}

@@ -8,7 +8,7 @@ import torch
 
 from ..cli import positive_int
 from ..nn.vae import LIKELIHOODS
-from .runs import IMPUTATION_ENVS, PAPER, imputation_experiment, pendulum_table, run_all
+from .runs import BASELINES, IMPUTATION_ENVS, PAPER, imputation_experiment, pendulum_table, run_all
 
 
 def add_common_args(parser):
@@ -31,6 +31,10 @@ def add_common_args(parser):
         help="train the KVAE with this many seeds (--seed, --seed + 1, ...) for --select-epochs and "
         "continue the one with the lowest validation imputation error (default 1: one run)",
     )
+    parser.add_argument("--baselines", nargs="+", choices=tuple(BASELINES), metavar="KIND",
+                        help="the imputation baselines to train and compare: vae-rnn (its own VAE), ae-rnn (an LSTM "
+                        "on the KVAE's own auto-encoder, the paper's AE-RNN), ae-rnn-own (its own deterministic "
+                        "auto-encoder) (default: vae-rnn ae-rnn)")  # fmt: skip
     parser.add_argument("--baseline-seeds", type=positive_int, default=1,
                         help="train each baseline with this many seeds and keep the one with the lowest validation "
                         "imputation error (default 1)")  # fmt: skip

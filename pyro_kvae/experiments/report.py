@@ -107,6 +107,8 @@ def imputation_heading(summary) -> str:
             f"({s['kvae_train_seconds']:.0f} s)")  # fmt: skip
     if s["baselines"]:
         text += ", " + ", ".join(f"{name} {b['autoencoder_epochs']} epochs (auto-encoder) and {b['lstm_epochs']} (LSTM)"
+                                 if b.get("autoencoder", "own") == "own" else
+                                 f"{name} the KVAE's auto-encoder and {b['lstm_epochs']} LSTM epochs"
                                  for name, b in s["baselines"].items())  # fmt: skip
     return text + f"; test ELBO {s['kvae_test_elbo']:.1f}"
 
