@@ -117,15 +117,24 @@ def reconstruction_error(model: RNNBaseline, x: torch.Tensor, batch_size: int = 
 
 
 @torch.no_grad()
-def imputation_error(model: RNNBaseline, x: torch.Tensor, mask: torch.Tensor, batch_size: int = 256) -> float:
-    """Fraction of wrong pixels on the frames of ``x (N, T, *frame_shape)`` where ``mask (N, T)`` is False."""
+def imputation_error(model: RNNBaseline, x: torch.Tensor, mask: torch.Tensor, batch_size: int = 256,
+                     codes: Optional[torch.Tensor] = None) -> float:  # fmt: skip
+    """
+    Fraction of wrong pixels of :meth:`RNNBaseline.impute` on the frames of ``x (N, T, *frame_shape)``
+    where ``mask (N, T)`` is False. ``codes (N, T, dim_a)``, the encodings of ``x``
+    (:func:`encode_codes`), spare the encoder when they are known (the LSTM stage, whose
+    auto-encoder is fixed); only the missing frames are decoded.
+    """
     device = next(model.parameters()).device
     wrong = missing = 0.0
-    for xb, mb in zip(x.split(batch_size), mask.split(batch_size)):
-        xb, mb = xb.to(device), mb.to(device)
-        err = ((model.impute(xb, mb) > 0.5) != (xb > 0.5)).float().flatten(2).mean(-1)
-        wrong += err[~mb].sum().item()
-        missing += (~mb).sum().item()
+    for i in range(0, len(x), batch_size):
+        xb, mb = x[i : i + batch_size].to(device), mask[i : i + batch_size].to(device)
+        a = model.encoder(xb)[0] if codes is None else codes[i : i + batch_size].to(device)
+        filled, _ = model.predict(a, mb)  # reads a only where observed
+        gone = ~mb
+        mean = frame_distribution(model.decoder(filled[gone]), model.likelihood).mean
+        wrong += ((mean > 0.5) != (xb[gone] > 0.5)).float().flatten(1).mean(-1).sum().item()
+        missing += gone.sum().item()
     return wrong / max(missing, 1.0)
 
 
@@ -182,12 +191,12 @@ def probe_imputation_error(model: RNNBaseline, x: torch.Tensor, valid: torch.Ten
     torch.set_rng_state(rng)
     params = list(probe.lstm.parameters()) + list(probe.head.parameters()) + [probe.a0]
     opt, g = torch.optim.Adam(params, lr=lr), torch.Generator().manual_seed(seed)
-    codes, errors = encode_codes(model, x), []
+    codes, valid_codes, errors = encode_codes(model, x), encode_codes(model, valid), []
     for epoch in range(1, max(epochs) + 1):
         lstm_epoch(probe, codes, opt, g)
         if epoch in epochs:
             probe.eval()
-            errors.append(imputation_error(probe, valid, valid_mask))
+            errors.append(imputation_error(probe, valid, valid_mask, codes=valid_codes))
             probe.train()
     model.train(was_training)  # the probe shares its encoder and decoder
     return min(errors)
@@ -271,13 +280,16 @@ def train_rnn_baseline(
     g_valid = torch.Generator().manual_seed(seed + 1)
     valid_mask = None if valid is None else random_mask(valid.shape[:2], 0.5, 4, g_valid)
     frames = x.flatten(0, 1)  # (N * T, *frame_shape)
-    codes = None
+    codes = valid_codes = None
 
     def score(stage):
         if valid is None:
             return math.inf
         model.eval()
-        out = reconstruction_error(model, valid) if stage == "ae" else imputation_error(model, valid, valid_mask)
+        if stage == "ae":
+            out = reconstruction_error(model, valid)
+        else:  # the auto-encoder is fixed in the LSTM stage: its validation codes are encoded once
+            out = imputation_error(model, valid, valid_mask, codes=valid_codes)
         model.train()
         return out
 
@@ -290,6 +302,7 @@ def train_rnn_baseline(
             continue
         if stage == "rnn":
             codes = encode_codes(model, x)
+            valid_codes = None if valid is None else encode_codes(model, valid)
         while state["stage"] == stage:
             if stage == "ae" and pause_after is not None and state["epoch"] >= pause_after:
                 break

@@ -14,7 +14,9 @@ from pyro_kvae.baselines import (
     DMM,
     DVBF,
     RNNBaseline,
+    encode_codes,
     free_running_mask,
+    imputation_error,
     probe_imputation_error,
     reconstruction_error,
     train_rnn_baseline,
@@ -258,3 +260,18 @@ def test_rnn_baseline_on_a_trained_autoencoder_trains_only_its_lstm(tmp_path):
         train_rnn_baseline(model, x, 2, 3, progress=False, checkpoint=path)
     with pytest.raises(ValueError, match="epochs_ae must be at least 0"):
         train_rnn_baseline(model, x, -1, 3, progress=False)
+
+
+@pytest.mark.parametrize("variational", [False, True])
+def test_imputation_error_is_that_of_impute_with_or_without_the_codes(variational):
+    torch.manual_seed(0)
+    x = (torch.rand(10, 6, 4, 4) > 0.7).float()
+    mask = torch.rand(10, 6) > 0.5
+    mask[:, 0] = True
+    model = RNNBaseline(MLPEncoder(4, 2, (16,)), MLPDecoder(4, 2, (16,)), variational).eval()
+    imputed = model.impute(x, mask)
+    by_frame = ((imputed > 0.5) != (x > 0.5)).float().flatten(2).mean(-1)
+    expected = (by_frame[~mask].sum() / (~mask).sum()).item()
+    assert imputation_error(model, x, mask, batch_size=3) == pytest.approx(expected, abs=1e-7)
+    codes = encode_codes(model, x)
+    assert imputation_error(model, x, mask, batch_size=4, codes=codes) == pytest.approx(expected, abs=1e-7)
