@@ -7,10 +7,11 @@ environments and the pendulum's test ELBO (table 1), with their figures.
     python -m pyro_kvae.experiments pendulum                 # table 1, both likelihoods
     python -m pyro_kvae.experiments all                      # every table and figure of the README
 
-An imputation experiment trains the KVAE and the AE-RNN and VAE-RNN baselines
-(same data, same encoder/decoder architecture, at least as many epochs, best
-epoch on the validation split) and measures the fraction of wrong pixels on
-unobserved frames:
+An imputation experiment trains the KVAE and the baselines of section 5.1 (``--baselines``):
+the AE-RNN, an LSTM on the codes of the trained KVAE's own auto-encoder, and the VAE-RNN,
+an LSTM on a VAE of its own with the KVAE's encoder/decoder architecture (optionally the
+AE-RNN with an auto-encoder of its own, ``ae-rnn-own``); the same data, best epoch on the
+validation split. It measures the fraction of wrong pixels on unobserved frames:
 
 * missing at random (:func:`pyro_kvae.train.random_mask`): the first 4 frames
   observed, each later frame dropped with probability p = 0.1 ... 1.0
@@ -18,7 +19,7 @@ unobserved frames:
 * missing in the middle: a consecutive gap of 1, 3, ..., 15 frames starting after the first
   4 (fig. 3b; the authors' ``mask_impute_planning`` placement, :func:`pyro_kvae.evaluation.gap_mask`);
 
-for KVAE smoothing, KVAE filtering, VAE-RNN, AE-RNN and blank frames, and
+for KVAE smoothing, KVAE filtering, the baselines and blank frames, and
 writes ``results.csv``, ``results.json``, ``training.png``, ``fig3a.png``, ``fig3b.png`` (the
 paper's curves dashed beside ours for the box), ``fig3c.png`` (a-space
 trajectories), ``fig4.png`` (alpha along the encoded trajectories),
