@@ -147,7 +147,7 @@ def _kvae_autoencoder(kvae, config, path):
         saved = load_checkpoint(path, keys=("model",))["model"]
         ours = {k: v for k, v in model.state_dict().items() if k.startswith(("encoder.", "decoder."))}
         if any(not torch.equal(v.cpu(), saved[k].cpu()) for k, v in ours.items()):
-            print(f"{path}: the KVAE has trained on since; training the LSTM on its auto-encoder again")
+            print(f"{path}: the KVAE has trained on since; removed (its LSTM trains again when the baselines train)")
             os.remove(path)
     return model
 
