@@ -261,7 +261,7 @@ def train_rnn_baseline(
     ae_params = list(model.encoder.parameters()) + list(model.decoder.parameters())
     rnn_params = list(model.lstm.parameters()) + list(model.head.parameters()) + [model.a0]
     state = {"stage": "ae" if epochs_ae else "rnn", "epoch": 0, "history": [], "best": None, "best_score": math.inf,
-             "best_epoch": 0, "ae_epochs": 0}  # fmt: skip
+             "best_epoch": 0}  # fmt: skip
     optimizers = {"ae": torch.optim.Adam(ae_params, lr=lr), "rnn": torch.optim.Adam(rnn_params, lr=lr_rnn)}
     if checkpoint is not None and os.path.exists(checkpoint):
         saved = load_checkpoint(checkpoint, keys=("model", "optimizers", "state", "rng"))
@@ -293,8 +293,8 @@ def train_rnn_baseline(
         model.train()
         return out
 
-    if epochs_ae == 0 and "ae_valid_error" not in state:  # the auto-encoder came trained: its score as it is
-        state["ae_valid_error"] = None if valid is None else score("ae")
+    if epochs_ae == 0 and "ae_epochs" not in state:  # the auto-encoder came trained: no epoch, its score as it is
+        state.update(ae_epochs=0, ae_valid_error=None if valid is None else score("ae"))
     epochs = {"ae": epochs_ae, "rnn": epochs_rnn}
     bar = tqdm(total=epochs_ae + epochs_rnn, initial=len(state["history"]), desc=desc, disable=not progress)
     for stage in ("ae", "rnn"):

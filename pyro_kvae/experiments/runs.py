@@ -82,7 +82,7 @@ def fit_kvae(config: KVAEConfig, run_dir: str, train, valid=None, meta=None, ove
 
 def training_seconds(history) -> float:
     """Wall time of the training epochs in ``history`` (rows with ``"seconds"``), over all pieces."""
-    return round(sum(h.get("seconds", 0.0) for h in history), 1)
+    return round(sum(h.get("seconds", 0.0) for h in history), 3)  # an LSTM epoch on a tiny run takes ~0.02 s
 
 
 def _baseline(config, variational):
@@ -137,19 +137,18 @@ BASELINES = {"vae-rnn": "VAE-RNN", "ae-rnn": "AE-RNN", "ae-rnn-own": "AE-RNN (ow
 DEFAULT_BASELINES = ("vae-rnn", "ae-rnn")
 
 
-def _kvae_autoencoder(kvae, config, path):
-    """An AE-RNN whose frozen encoder (its means) and decoder are copies of the trained ``kvae``'s;
-    a checkpoint at ``path`` whose auto-encoder is not the KVAE's any more (the KVAE trained on
-    since) is removed, so that its LSTM trains again (cheap)."""
-    model = RNNBaseline(copy.deepcopy(kvae.encoder), copy.deepcopy(kvae.decoder), False, config.dim_a,
-                        likelihood=config.likelihood)  # fmt: skip
-    if os.path.exists(path):
-        saved = load_checkpoint(path, keys=("model",))["model"]
-        ours = {k: v for k, v in model.state_dict().items() if k.startswith(("encoder.", "decoder."))}
-        if any(not torch.equal(v.cpu(), saved[k].cpu()) for k, v in ours.items()):
-            print(f"{path}: the KVAE has trained on since; removed (its LSTM trains again when the baselines train)")
-            os.remove(path)
-    return model
+def _kvae_autoencoder(kvae, config):
+    """An AE-RNN whose frozen encoder (its means) and decoder are copies of the trained ``kvae``'s."""
+    return RNNBaseline(copy.deepcopy(kvae.encoder), copy.deepcopy(kvae.decoder), False, config.dim_a,
+                       likelihood=config.likelihood)  # fmt: skip
+
+
+def _trained_on_another_kvae(kvae, path) -> bool:
+    """Whether the AE-RNN checkpoint at ``path`` holds an auto-encoder other than ``kvae``'s (the KVAE
+    has trained on since), so that its LSTM must train again."""
+    saved = load_checkpoint(path, keys=("model",))["model"]
+    ours = {f"{part}.{k}": v for part in ("encoder", "decoder") for k, v in getattr(kvae, part).state_dict().items()}
+    return any(not torch.equal(v.cpu(), saved[k].cpu()) for k, v in ours.items())
 
 
 def fit_baselines(config, train, valid, run_dir, epochs, seed, device, overwrite=False, rnn_epochs=None,
@@ -163,7 +162,8 @@ def fit_baselines(config, train, valid, run_dir, epochs, seed, device, overwrite
       frozen), so only the LSTM trains (``rnn_epochs``). The paper calls it "a pretrained
       convolutional auto-encoder, identical to the one used for the KVAE", and its AE-RNN errors
       follow the KVAE's filtering errors within 0.0007 at every gap of fig. 3b. Left out without
-      ``kvae``.
+      ``kvae``; a checkpoint trained on another state of the KVAE (it has trained on since) is
+      removed and its LSTM trains again (with ``only_finished`` it is left out instead).
     - ``"vae-rnn"``, **VAE-RNN**: its own VAE (N(0, I) prior), trained for ``epochs``.
     - ``"ae-rnn-own"``, **AE-RNN (own AE)**: its own deterministic auto-encoder, trained for ``epochs``
       (its 2-d code folds as the KVAE's a-space can).
@@ -202,12 +202,18 @@ def fit_baselines(config, train, valid, run_dir, epochs, seed, device, overwrite
             paths = {chosen: paths[chosen]}
         candidates = {}
         for k, path in paths.items():
-            torch.manual_seed(k)
-            model = _baseline(config, variational) if own else _kvae_autoencoder(kvae, config, path)
+            if not own and os.path.exists(path) and _trained_on_another_kvae(kvae, path):
+                if only_finished:
+                    print(f"{name} left out: {path} was trained on the KVAE's auto-encoder of an earlier epoch")
+                    continue
+                print(f"{path}: the KVAE has trained on since; removed, its LSTM trains again")
+                os.remove(path)
             if only_finished and not (
                 os.path.exists(path) and load_checkpoint(path, keys=("state",))["state"]["stage"] == "done"
             ):
                 continue
+            torch.manual_seed(k)
+            model = _baseline(config, variational) if own else _kvae_autoencoder(kvae, config)
             info = train_rnn_baseline(model, train.x, epochs if own else 0, rnn_epochs or epochs, seed=k,
                                       device=device, valid=valid.x if len(valid) else None, checkpoint=path,
                                       lr=config.lr, desc=name if seeds == 1 else f"{name} seed {k}",
