@@ -149,7 +149,7 @@ def test_experiment_runner_on_own_videos(tmp_path):
     assert {r["method"] for r in results["rows"]} >= {"KVAE smoothing", "VAE-RNN"} and results["n_test"] == 3
 
 
-def test_evaluate_reports_the_longest_finished_run(tmp_path):
+def test_evaluate_reports_the_longest_finished_run(tmp_path, monkeypatch):
     """--stage evaluate: the tables of the KVAE as far as it has trained, no training, no baselines until finished."""
     data, run = str(tmp_path / "box.npz"), tmp_path / "exp"
     save(data, generate("box", (16, 4, 8), seed=0, progress=False, T=8, size=16))
@@ -163,6 +163,21 @@ def test_evaluate_reports_the_longest_finished_run(tmp_path):
     assert {r["method"] for r in s["rows"]} == {"KVAE smoothing", "KVAE filtering", "blank frames"}
     assert "KVAE 1 of 3 epochs" in imputation_heading(s)
     assert json.load(open(run / "results.json"))["kvae_epochs"] == 1 and (run / "fig3a.png").exists()
+    # the evaluated KVAE exported as a pretrained model, with what results.json records
+    from pyro_kvae import pretrained
+
+    out = tmp_path / "pretrained"
+    out.mkdir()
+    pretrained.export_run(str(run), "tiny", "a test CPU", out_dir=str(out))
+    monkeypatch.setattr(pretrained, "HERE", str(out))
+    info = pretrained.info("tiny")
+    assert info["training"]["epochs"] == 1 and info["training"]["hardware"] == "a test CPU"
+    assert "seed_selection" not in info["training"] and info["results"]["n_test"] == 4
+    p05 = {r["method"]: r["pixel_error"] for r in s["rows"] if r["setting"] == 0.5}
+    assert info["results"]["pixel_error_p0.5"] == p05 and len(p05) == 3
+    trained = Trainer.resume(str(run / "kvae"), progress=False).model.state_dict()
+    loaded = pretrained.load("tiny").state_dict()
+    assert loaded.keys() == trained.keys() and all(torch.equal(loaded[k], trained[k]) for k in loaded)
 
 
 def test_all_runs_every_experiment_and_writes_the_readme_tables(tmp_path):

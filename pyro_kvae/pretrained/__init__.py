@@ -86,3 +86,49 @@ def export(run_dir: str, name: str, training: dict, results: dict, out_dir: str 
     write_json(os.path.join(out_dir, name + ".json"),
                {"config": config.to_dict(), "training": training, "results": results})  # fmt: skip
     return path
+
+
+def export_run(run_dir: str, name: str, hardware: str, out_dir: str = HERE) -> str:
+    """
+    :func:`export` for a run of ``python -m pyro_kvae.experiments ENV``: the KVAE in
+    ``run_dir/kvae`` with what the run's ``results.json`` (written by its last evaluation) and
+    ``kvae/selection.json`` (with ``--select-seeds``) record: data, epochs, seed choice, command,
+    wall time and ``hardware`` (a phrase such as ``"a 2-core AMD EPYC CPU"``) under ``training``;
+    the test ELBO and bound, the a-space R^2 and every method's pixel error at drop probability
+    0.5 and with a gap of 9 frames under ``results``. Returns the ``.pt`` path.
+
+    :raises FileNotFoundError: if ``run_dir`` holds no ``results.json``.
+    """
+    with open(os.path.join(run_dir, "results.json")) as f:
+        r = json.load(f)
+    authors = r["settings"].get("authors")
+    data = (f"{authors}/{r['env']}_{{train,test}}.npz, binarised (images > 0): {r['n_train']} training sequences; "
+            f"validation: the first {r['n_valid']} test sequences" if authors else r["data"])  # fmt: skip
+    training = {"data": data, "epochs": r["kvae_epochs"], "n_train": r["n_train"]}
+    selection = os.path.join(run_dir, "kvae", "selection.json")
+    if os.path.exists(selection):
+        with open(selection) as f:
+            s = json.load(f)
+        seeds = sorted(s["scores"], key=int)
+        scores = ", ".join(f"{s['scores'][k]:.4f}" for k in seeds)
+        training["seed_selection"] = (
+            f"seed {s['chosen_seed']}, the lowest validation imputation error at p = 0.5 "
+            f"of seeds {seeds[0]} to {seeds[-1]} after {s['epoch']} epochs ({scores})"
+        )
+    training.update(command=r["command"], hardware=hardware, train_seconds=r["kvae_train_seconds"],
+                    evaluated=r["finished"])  # fmt: skip
+
+    def errors(experiment, setting):
+        return {row["method"]: row["pixel_error"] for row in r["rows"]
+                if row["experiment"] == experiment and row["setting"] == setting}  # fmt: skip
+
+    results = {"test_elbo": r["kvae_test_elbo"], f"test_iwae_bound_{r['iwae_particles']}": r["kvae_test_iwae_bound"],
+               "n_test": r["n_test"]}  # fmt: skip
+    if r.get("kvae_a_space_r2_test") is not None:
+        results["a_space_r2_test"] = r["kvae_a_space_r2_test"]
+    gap = f"after_{r['gap_start']}" if r.get("gap_start") is not None else "centred"  # older runs: centred
+    for key, experiment, setting in (("p0.5", "missing_at_random", 0.5), (f"gap9_{gap}", "missing_in_middle", 9)):
+        if errors(experiment, setting):  # (no gap of 9 in sequences too short for one)
+            results[f"pixel_error_{key}"] = errors(experiment, setting)
+    results["all"] = os.path.join(run_dir, "results.json")
+    return export(os.path.join(run_dir, "kvae"), name, training, results, out_dir)
