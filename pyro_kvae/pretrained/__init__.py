@@ -11,9 +11,9 @@ Trained KVAEs, loaded in one line::
 ``"box"`` and ``"polygon"`` are the KVAEs of the paper's figure 3 trained on the KVAE
 authors' own datasets (``datasets/authors``; frames binarised with ``images > 0``):
 32x32 binary frames, 20 per sequence, the paper's settings (5000 sequences, 80 epochs,
-32 filters, the reference schedule). The box's seed is the best of 4 after 3 epochs by its
-validation imputation error (``--select-seeds 4``; its a-space is the box, rotated); polygon's
-is one seed. Each name is two files of this package:
+32 filters, the reference schedule). Each one's seed is the best of 4 after 3 epochs by its
+validation imputation error (``--select-seeds 4``); their a-spaces are the scene, rotated and
+stretched (affine R^2 on the true positions above 0.99). Each name is two files of this package:
 ``<name>.pt``, the model's float32 state dict, and ``<name>.json``, the
 :class:`~pyro_kvae.config.KVAEConfig` it was built with, how it was trained and what it
 scored (:func:`info`).
