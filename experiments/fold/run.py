@@ -167,6 +167,8 @@ def table() -> str:
             f"{h['epoch']}: {h['valid_r2'][0]:.2f}/{h['valid_r2'][1]:.2f}, {h['valid_p05_error']:.4f}" for h in history
         )
         score = aligned(change, seed)
+        if score and score["epoch"] == history[-1]["epoch"] and score["valid_r2"] == history[-1]["valid_r2"]:
+            cells = "(aligned) " + cells  # run since the fix: every epoch logged on aligned positions
         final = score["valid_r2"] if score else history[-1]["valid_r2"]
         folded = "yes" if min(final) < FOLDED_R2 else "no"
         shown = f"{score['epoch']}: {final[0]:.2f}/{final[1]:.2f}" if score else "n/a"
