@@ -12,7 +12,8 @@ codes of the earlier frames (teacher forcing): the prediction is judged by the f
 to, so the encoder is pulled towards codes the LSTM can predict, which a loss on the codes
 themselves would reach by shrinking them.
 
-    .venv/bin/python experiments/baselines/finetune.py KIND SEED --start experiments/authors_box/ae-rnn-own.pt --epochs 3
+    .venv/bin/python experiments/baselines/finetune.py KIND SEED \
+        --start experiments/authors_box/ae-rnn-own.pt --epochs 3
     .venv/bin/python experiments/baselines/finetune.py --table
 
 After every epoch it logs to ``experiments/baselines/finetune_KIND/seedN/metrics.jsonl`` the
