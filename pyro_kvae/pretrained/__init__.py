@@ -128,7 +128,8 @@ def export_run(run_dir: str, name: str, hardware: str, out_dir: str = HERE) -> s
         results["a_space_r2_test"] = r["kvae_a_space_r2_test"]
     gap = f"after_{r['gap_start']}" if r.get("gap_start") is not None else "centred"  # older runs: centred
     for key, experiment, setting in (("p0.5", "missing_at_random", 0.5), (f"gap9_{gap}", "missing_in_middle", 9)):
-        if errors(experiment, setting):  # (no gap of 9 in sequences too short for one)
-            results[f"pixel_error_{key}"] = errors(experiment, setting)
+        found = errors(experiment, setting)
+        if found:  # (no gap of 9 in sequences too short for one)
+            results[f"pixel_error_{key}"] = found
     results["all"] = os.path.join(run_dir, "results.json")
     return export(os.path.join(run_dir, "kvae"), name, training, results, out_dir)
