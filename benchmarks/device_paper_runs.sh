@@ -6,19 +6,11 @@
 # over the checkout here (tar xf runs.tar) and continued on any machine. The datasets are built
 # there from datasets/authors (tracked), and the committed run state travels with the tree.
 #
-#   wheels: pip download --no-deps --only-binary=:all: --python-version 3.12 -d .whl \
-#           pyro-ppl==1.9.2 pyro-api==0.1.2 pymunk cffi pycparser
+#   wheels: see benchmarks/device_setup.sh
 #   run:    PYTEST_ADDOPTS=--ignore=tests/test_notebooks.py BUDGET=330 bash benchmarks/device_paper_runs.sh
 #           (carry .whl; nbformat is not on the GPU image; ENVS="box" for the box alone)
 set -u
-PY=${PY:-python3}
-OUT=${OUT:-/tmp/out}
-mkdir -p "$OUT"
-if [ -d .whl ]; then
-    $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
-    export PYTHONPATH=/tmp/site:$PWD
-fi
-export PYTHONUNBUFFERED=1
+source benchmarks/device_setup.sh
 nvidia-smi -L 2>/dev/null
 start=$(date +%s)
 if [ -z "${SKIP_CHECK:-}" ]; then  # SKIP_CHECK=1: only the CUDA tests, beside the runs

@@ -5,18 +5,11 @@
 # folder comes back as a tar under $OUT (configs, metrics, final weights; no checkpoints), to be
 # unpacked over the checkout here (tar xf fold.tar) and tabled with run.py --table.
 #
-#   wheels: pip download --no-deps --only-binary=:all: --python-version 3.12 -d .whl \
-#           pyro-ppl==1.9.2 pyro-api==0.1.2 pymunk cffi pycparser
+#   wheels: see benchmarks/device_setup.sh
 #   run:    BUDGET=500 bash experiments/fold/device_runs.sh   (carry .whl)
 set -u
-PY=${PY:-python3}
-OUT=${OUT:-/tmp/out}
-mkdir -p "$OUT"
-if [ -d .whl ]; then
-    $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
-    export PYTHONPATH=/tmp/site:$PWD
-fi
-export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
+source benchmarks/device_setup.sh
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 start=$(date +%s)
 $PY -c "from pyro_kvae.data.datasets import authors_dataset; authors_dataset('box', 'datasets/authors', 'data/authors_box_positions.npz')"
 CHANGES=${CHANGES:-$($PY -c "import sys; sys.path.insert(0, 'experiments/fold'); import run; print(' '.join(run.CHANGES))")}
