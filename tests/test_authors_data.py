@@ -25,7 +25,8 @@ def authors_like(path, n, T=6, size=8, seed=0):
     """A file laid out as the authors' (key ``images`` (n, T, H, W) uint8 with shades, key ``state``)."""
     rng = np.random.default_rng(seed)
     images = rng.choice(np.array([0, 0, 0, 44, 230, 255], np.uint8), size=(n, T, size, size))
-    np.savez(path, images=images, state=rng.normal(size=(n, T, 4)).astype(np.float32))
+    state = rng.uniform(0, size, size=(n, T, 4)).astype(np.float32)  # positions inside the frame
+    np.savez(path, images=images, state=state)
     return images
 
 
@@ -180,13 +181,17 @@ def test_authors_dataset_carries_positions_and_its_sources_checksums(tmp_path):
     from pyro_kvae.data.datasets import built_from, from_authors, save
 
     authors_like(tmp_path / "box_train.npz", 7, seed=1)
-    authors_like(tmp_path / "box_test.npz", 4, seed=2)
+    images = authors_like(tmp_path / "box_test.npz", 4, seed=2)
+    state = np.load(tmp_path / "box_test.npz")["state"]
+    state[1, 2, 1] = -3.0  # the ball has fallen through the floor: out of the 8 x 8 frame
+    np.savez(tmp_path / "box_test.npz", images=images, state=state)
     files = [str(tmp_path / "box_train.npz"), str(tmp_path / "box_test.npz")]
     out = str(tmp_path / "authors_box.npz")
     save(out, from_authors("box", str(tmp_path), n_valid=2))
-    state = np.load(files[1])["state"]
     position = VideoDataset(out, "valid").tensors["position"]
     # state[:, t] is recorded after the step that follows frame t: frame t's position is state[:, t - 1]
+    assert position[1, 3].isnan().all()
+    position[1, 3] = torch.from_numpy(state[1, 2, :2])
     assert torch.equal(position[:, 1:], torch.from_numpy(state[:2, :-1, :2]))
     assert position[:, 0].isnan().all()
     assert built_from(out, *files)
@@ -208,6 +213,21 @@ def test_authors_positions_are_where_the_ball_is_drawn():
     centre = torch.stack([(w.sum(-2) * grid).sum(-1), (w.sum(-1) * grid).sum(-1)], -1)
     assert (affine_r2(centre, position) > 0.99).all()  # frame 0, whose position is NaN, left out
     assert (affine_r2(centre[:, 2:], position[:, 1:-1]) < 0.95).all()  # one frame off
+
+
+def test_authors_gravity_positions_are_unknown_where_the_ball_has_left_the_frame():
+    """The authors' box_gravity test file has sequences where the ball falls through the floor:
+    exactly the frames that show nothing but the walls get no position."""
+    from pyro_kvae.data.datasets import from_authors
+
+    data = from_authors("box_gravity", AUTHORS)
+    x = torch.from_numpy(data["test/x"]) > 0
+    walls = x.flatten(0, 1).float().mean(0) > 0.999  # lit in (nearly) every frame
+    ball = (x & ~walls).sum((-1, -2))  # (N, T) the ball's pixels
+    unknown = torch.from_numpy(data["test/position"]).isnan().any(-1)
+    assert unknown[:, 0].all()
+    assert 0 < unknown[:, 1:].sum() < 0.01 * unknown[:, 1:].numel()
+    assert torch.equal(unknown[:, 1:], ball[:, 1:] == 0)
 
 
 def test_a_cached_authors_dataset_of_another_version_is_rebuilt(tmp_path, capsys):
