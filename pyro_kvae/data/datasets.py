@@ -179,7 +179,7 @@ def from_authors(env: str, folder: str, n_valid: int = 500) -> Dict[str, np.ndar
     the physics step that follows frame ``t`` (it matches the ball of frame ``t + 1``), so frame
     ``t``'s position is ``state[n, t - 1, :2]``; the first frame's is unknown and NaN, and so is
     the position of a ball outside the frame (``[0, W]^2`` in the simulator's units, ``W`` the
-    frame's width): the authors' ``box_gravity`` files hold 55 training and 11 test sequences
+    frame's width): the authors' ``box_gravity`` files hold 54 training and 11 test sequences
     where the ball falls through the floor and leaves the frames blank but for the walls."""
     train, test = authors_files(env, folder)
     data = from_videos(train, test, n_valid=n_valid, binarize=0.0, name=f"authors_{env}")
