@@ -186,12 +186,14 @@ def plot_a_space(
     gap: int = 9,
     frames: int = 4000,
     u=None,
+    position_names=("true x", "true y"),
 ) -> torch.Tensor:
     """
     Draws the a-space of ``kvae`` into ``path``: the encodings of up to ``frames`` frames of the
     videos ``x (batch, T, *frame_shape)`` coloured by the true x and by the true y of
     ``position (batch, T, 2)``, beside the encoded, filtered and smoothed trajectories of the
-    first ``trajectories`` sequences with ``gap`` frames missing after the first 4 (fig. 3c).
+    first ``trajectories`` sequences with ``gap`` frames missing after the first 4 (fig. 3c);
+    ``position_names`` label the two colourings (e.g. ``("estimated x", "estimated y")``).
     Returns the a-space's :func:`affine_r2` over those frames, ``(dim_a,)``.
 
     :raises ValueError: if ``position`` is None or does not match the videos' ``(batch, T)``.
@@ -215,7 +217,7 @@ def plot_a_space(
         {"encoded": a[i], "filtered": filtered.a[i], "smoothed": smoothed.a[i], "mask": mask[i]} for i in range(len(xs))
     ]
     a, known = a.flatten(0, 1), torch.isfinite(position[:n]).all(-1).flatten()
-    draw(a[known], position[:n].flatten(0, 1)[known], paths, path)
+    draw(a[known], position[:n].flatten(0, 1)[known], paths, path, position_names)
     return affine_r2(a, position[:n].flatten(0, 1))
 
 

@@ -121,7 +121,7 @@ def save_gif(rows, path, titles, fps=4):
     plt.close(fig)
 
 
-def plot_a_space(a, position, trajectories, path, position_names=("x", "y")):
+def plot_a_space(a, position, trajectories, path, position_names=("true x", "true y")):
     """
     The a-space of a model (first two coordinates): ``a (n, dim_a)`` encodings of many frames
     drawn twice, coloured by each of the true coordinates ``position (n, 2)``, beside
@@ -132,8 +132,8 @@ def plot_a_space(a, position, trajectories, path, position_names=("x", "y")):
     fig, axes = plt.subplots(1, 3, figsize=(13, 4))
     for ax, k in zip(axes[:2], range(2)):
         sc = ax.scatter(a[:, 0], a[:, 1], c=position[:, k], s=2, cmap="viridis")
-        fig.colorbar(sc, ax=ax, label=f"true {position_names[k]}")
-        ax.set(xlabel="a[0]", ylabel="a[1]", title=f"encodings coloured by the true {position_names[k]}")
+        fig.colorbar(sc, ax=ax, label=position_names[k])
+        ax.set(xlabel="a[0]", ylabel="a[1]", title=f"encodings coloured by the {position_names[k]}")
     ax = axes[2]
     ax.scatter(a[:, 0], a[:, 1], c="0.85", s=1)
     for i, trajectory in enumerate(trajectories):

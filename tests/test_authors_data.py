@@ -202,17 +202,40 @@ def test_authors_dataset_carries_positions_and_its_sources_checksums(tmp_path):
 def test_authors_positions_are_where_the_ball_is_drawn():
     """On the authors' own box test file: the centre of the lit pixels inside the walls is an
     affine function of the position given for the same frame (R^2 > 0.99); one frame off it is not."""
-    from pyro_kvae.data.datasets import from_authors
+    from pyro_kvae.data.datasets import ball_centre, from_authors
     from pyro_kvae.evaluation import affine_r2
 
     data = from_authors("box", AUTHORS, n_valid=100)
-    x = torch.from_numpy(data["valid/x"]).float()[..., 3:-3, 3:-3]  # the walls' pixels left out
+    centre = torch.from_numpy(ball_centre(data["valid/x"], (slice(3, -3), slice(3, -3)))).double()  # no walls
     position = torch.from_numpy(data["valid/position"]).double()
-    grid = torch.arange(x.size(-1), dtype=torch.float64)
-    w = x.double() / x.sum((-1, -2), keepdim=True).clamp(min=1)
-    centre = torch.stack([(w.sum(-2) * grid).sum(-1), (w.sum(-1) * grid).sum(-1)], -1)
     assert (affine_r2(centre, position) > 0.99).all()  # frame 0, whose position is NaN, left out
     assert (affine_r2(centre[:, 2:], position[:, 1:-1]) < 0.95).all()  # one frame off
+
+
+def test_ball_centre_is_the_centre_of_the_lit_pixels_with_y_up():
+    from pyro_kvae.data.datasets import ball_centre
+
+    x = np.zeros((2, 8, 8), np.uint8)
+    x[0, 0, 5] = x[0, 1, 5] = 1  # column 5, rows 0 and 1 (the top of the frame)
+    x[1, :, 0] = 1  # a paddle in column 0, left out by the window
+    centre = ball_centre(x, (slice(None), slice(1, None)))
+    np.testing.assert_allclose(centre[0], [5.5, 7.0])
+    assert np.isnan(centre[1]).all()  # nothing lit inside the window
+
+
+def test_authors_pong_positions_are_estimated_from_the_frames():
+    """The authors' pong files have no state: the positions are the ball's centre in each frame,
+    finite everywhere (the ball never leaves their frames) and moving less than 4 pixels a frame,
+    as the ball does (never jumping to a paddle or the floor)."""
+    from pyro_kvae.data.datasets import from_authors
+
+    data = from_authors("pong", AUTHORS)
+    assert json.loads(str(data["config"]))["position"] == "estimated from the frames"
+    for split in ("train", "valid", "test"):
+        position = data[f"{split}/position"]
+        assert position.shape == data[f"{split}/x"].shape[:2] + (2,) and np.isfinite(position).all()
+        assert ((position > 2) & (position < 30)).all()
+        assert np.linalg.norm(np.diff(position, axis=1), axis=-1).max() < 4
 
 
 def test_authors_gravity_positions_are_unknown_where_the_ball_has_left_the_frame():

@@ -160,6 +160,7 @@ def test_evaluate_reports_the_longest_finished_run(tmp_path, monkeypatch):
     s = main([*common, "--stage", "evaluate", "--epochs", "3"])  # a run of 3 epochs, 1 finished
     assert os.path.getmtime(run / "kvae" / "checkpoint.pt") == mtime
     assert s["kvae_epochs"] == 1 and s["kvae_epochs_planned"] == 3 and s["baselines"] == {}
+    assert s["positions"] == "true" and len(s["kvae_a_space_r2_test"]) == 2  # the simulator's positions
     assert {r["method"] for r in s["rows"]} == {"KVAE smoothing", "KVAE filtering", "blank frames"}
     assert "KVAE 1 of 3 epochs" in imputation_heading(s)
     assert json.load(open(run / "results.json"))["kvae_epochs"] == 1 and (run / "fig3a.png").exists()

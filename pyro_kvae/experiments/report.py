@@ -160,17 +160,19 @@ def time_colour_image(frames):
     return img
 
 
-def figures(kvae, x, run_dir, position=None):
+def figures(kvae, x, run_dir, position=None, position_names=("true x", "true y")):
     """Figs. 3c, 4 and 5 and the GIFs of a trained ``kvae`` on test frames ``x (batch, T, H, W)``, into
-    ``run_dir``. With the true positions ``position (batch, T, 2)`` fig. 3c is the a-space
-    (:func:`~pyro_kvae.evaluation.plot_a_space`) and its affine R^2 is returned."""
+    ``run_dir``. With the positions ``position (batch, T, 2)`` (named ``position_names`` in the
+    plot) fig. 3c is the a-space (:func:`~pyro_kvae.evaluation.plot_a_space`) and its affine R^2
+    is returned."""
     import matplotlib.pyplot as plt
 
     from ..plotting import plot_trajectories, save_gif
 
     r2 = None
     if position is not None and kvae.prior.dim_a >= 2:
-        r2 = plot_a_space(kvae, x, position, os.path.join(run_dir, "fig3c.png")).tolist()
+        r2 = plot_a_space(kvae, x, position, os.path.join(run_dir, "fig3c.png"),
+                          position_names=position_names).tolist()  # fmt: skip
     else:
         gap = gap_mask(x[:1].shape[:2], x.shape[1] - 2 * T_INIT).to(x.device)
         encoded = impute(kvae, x[:1]).a[0]
