@@ -324,9 +324,8 @@ def imputation_experiment(args):
         **run_info(args, started),
     }
     # the authors' pong files have no state: their positions are the ball's centre in the frames
-    estimated = test.config.get("position") == "estimated from the frames"
-    summary["positions"] = "estimated from the frames" if estimated else "true"
-    names = ("estimated x", "estimated y") if estimated else ("true x", "true y")
+    summary["positions"] = test.config.get("position", "true")
+    names = ("true x", "true y") if summary["positions"] == "true" else ("estimated x", "estimated y")
     summary["kvae_a_space_r2_test"] = figures(kvae, x, run_dir, test.tensors.get("position"), names)
     write_json(os.path.join(run_dir, "results.json"), summary)
     with open(os.path.join(run_dir, "results.csv"), "w", newline="") as f:
