@@ -109,7 +109,7 @@ def test_committed_state_resumes_bit_identical_in_a_fresh_directory(tmp_path):
     assert size < 4 * n * 3 + 100_000  # float32 weights and Adam's two moments, no other copy
 
 
-@pytest.mark.parametrize("name", ["box", "polygon"])
+@pytest.mark.parametrize("name", ["box", "polygon", "box_gravity"])
 def test_pretrained_model_imputes_the_authors_test_sequences(name):
     from pyro_kvae import pretrained
     from pyro_kvae.imputation import impute, pixel_error
@@ -130,7 +130,7 @@ def test_pretrained_model_imputes_the_authors_test_sequences(name):
 def test_pretrained_unknown_name():
     from pyro_kvae import pretrained
 
-    assert {"box", "polygon"} <= set(pretrained.names())
+    assert {"box", "polygon", "box_gravity"} <= set(pretrained.names())
     message = f"no pretrained model called 'ball'; the names are {pretrained.names()}"
     with pytest.raises(ValueError, match=re.escape(message)):
         pretrained.load("ball")
