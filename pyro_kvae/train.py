@@ -308,7 +308,11 @@ class Trainer:
         not change on resume (e.g. the dataset path), JSON values.
     :param bool overwrite: start afresh in a ``run_dir`` that already holds a checkpoint (else
         ``FileExistsError``: an existing run is never replaced by accident).
-    :param dict state: a checkpoint to start from (what :meth:`resume` passes).
+    :param dict state: a checkpoint to start from (:func:`load_checkpoint`). The run continues
+        from it with ``config`` (which may differ from the checkpoint's: a fork, e.g. the same
+        weights trained on with missing frames) and writes it, under ``config``, as the first
+        checkpoint of ``run_dir``, which must not hold another run (see ``overwrite``).
+        :meth:`resume` continues a run in its own directory.
     :param callbacks: extra :class:`lightning.Callback` objects for :meth:`fit`.
     :param monitor: called as ``monitor(model)`` after each epoch; the numbers (or lists of
         numbers) of the dict it returns join the epoch's row of ``metrics.jsonl`` and the
@@ -328,13 +332,14 @@ class Trainer:
         state: Optional[dict] = None,
         callbacks=(),
         monitor=None,
+        _resumed: bool = False,
     ):
         self.config, self.run_dir, self.progress = config, run_dir, progress
         self.monitor = monitor
         self.callbacks = list(callbacks)
         self.meta = dict(meta or {})
         self.device = check_device(config.device)
-        if run_dir is not None and state is None and not overwrite:
+        if run_dir is not None and not _resumed and not overwrite:
             held = [name for name in (CHECKPOINT, METRICS) if _holds_data(self._path(name))]
             if held:
                 what = "a checkpoint" if CHECKPOINT in held else f"an earlier run's {METRICS} (and no checkpoint)"
@@ -356,6 +361,15 @@ class Trainer:
             self.load_state_dict(state)
         if run_dir is not None and _is_global_zero():
             self._open_run_dir()
+        self._fork = None
+        if state is not None and not _resumed:
+            # a fork: fit continues from a checkpoint file, so the state becomes this run's first one,
+            # under this run's settings (a resume of it, before an epoch has finished, must get them);
+            # written now into run_dir (replacing what overwrite allows), into a private file at fit without
+            self._fork = {**state, "pyro_kvae": {**state["pyro_kvae"], "config": config.to_dict(), "meta": self.meta}}
+            if run_dir is not None and _is_global_zero():
+                atomic_save(self._fork, self.checkpoint_path)
+                self._fork = None
 
     def _path(self, name: str) -> str:
         return os.path.join(self.run_dir, name)
@@ -487,6 +501,9 @@ class Trainer:
                 except ValueError as e:
                     raise ValueError(f"{name} ({getattr(data, 'path', 'in memory')}): {e}") from None
         ckpt_path = self.checkpoint_path if self.epoch > 0 else None
+        if self._fork is not None and ckpt_path is not None:
+            atomic_save(self._fork, ckpt_path)
+            self._fork = None
         self.plan.train()
         self.model.check_frames = False
         try:
@@ -540,7 +557,7 @@ class Trainer:
         new = {k: value for k, (_, value) in diffs.items()}
         config = KVAEConfig.from_dict({**extra["config"], **{k: v for k, v in new.items() if k in extra["config"]}})
         meta = {**extra.get("meta", {}), **{k: v for k, v in new.items() if k not in extra["config"]}}
-        trainer = cls(config, run_dir=run_dir, meta=meta, state=state, **kwargs)
+        trainer = cls(config, run_dir=run_dir, meta=meta, state=state, _resumed=True, **kwargs)
         trainer.resume_changes = diffs
         return trainer
 

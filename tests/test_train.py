@@ -66,6 +66,31 @@ def test_checkpoint_resume_is_identical(tiny_videos, tmp_path):
     assert [json.loads(line)["epoch"] for line in lines] == [1, 2, 3]
 
 
+def test_fork_continues_a_checkpoint_with_new_settings(tiny_videos, tmp_path):
+    from pyro_kvae.train import load_checkpoint
+
+    train, _ = tiny_videos
+    first = Trainer(config(epochs=3), run_dir=str(tmp_path / "a"), progress=False)
+    first.fit(train, epochs=2)
+    state = load_checkpoint(str(tmp_path / "a" / CHECKPOINT))
+    straight = Trainer.resume(str(tmp_path / "a"), progress=False)
+    straight.fit(train)
+    for run_dir in (str(tmp_path / "b"), None):  # a fork into a new directory, and into none
+        fork = Trainer(config(epochs=3), run_dir=run_dir, progress=False, state=state)
+        assert fork.epoch == 2
+        fork.fit(train)
+        a, b = params(straight), params(fork)
+        assert fork.epoch == 3 and all(torch.equal(a[k], b[k]) for k in a)  # optimiser and schedule went on too
+    # new settings: kept by the fork's checkpoint from the start, so that a resume gets them
+    fork = Trainer(config(epochs=4, train_miss_prob=0.5), run_dir=str(tmp_path / "c"), progress=False, state=state)
+    assert Trainer.resume(str(tmp_path / "c"), progress=False).config.train_miss_prob == 0.5
+    fork.fit(train)
+    resumed = Trainer.resume(str(tmp_path / "c"), progress=False)
+    assert resumed.epoch == 4 and resumed.config.train_miss_prob == 0.5
+    with pytest.raises(FileExistsError, match="already holds a checkpoint"):
+        Trainer(config(epochs=4), run_dir=str(tmp_path / "c"), progress=False, state=state)
+
+
 def test_alpha_network_frozen_for_first_epochs(tiny_videos):
     train, _ = tiny_videos
     trainer = Trainer(config(epochs=2, kf_update_epochs=1, dynamics="lstm"), progress=False)
