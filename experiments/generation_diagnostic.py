@@ -109,8 +109,9 @@ def main(args):
         out["alpha_step_elsewhere"] = step[~hit[:, :-1]].mean().item()
         collides = hit[:, T_INIT - 1 : T - 1].any(1)  # a collision while generating
         out["videos_colliding_while_generating"] = int(collides.sum())
-        out["mean_colliding"] = {k: e[collides][:, gen].mean().item() for k, e in errors.items()}
-        out["mean_not_colliding"] = {k: e[~collides][:, gen].mean().item() for k, e in errors.items()}
+        for key, which in (("mean_colliding", collides), ("mean_not_colliding", ~collides)):
+            if which.any():  # (in the box every video collides while generating)
+                out[key] = {k: e[which][:, gen].mean().item() for k, e in errors.items()}
     write_json(os.path.join(args.run_dir, "generation_diagnostic.json"), out)
     plot(out, alpha, hit if position is not None else None, os.path.join(args.run_dir, "generation_diagnostic.png"))
     print(json.dumps({k: v for k, v in out.items() if k != "per_frame"}, indent=1))
