@@ -8,7 +8,8 @@ Trained KVAEs, loaded in one line::
     kvae = pretrained.load("box")           # eval mode, on the CPU (device="cuda" for the GPU)
     out = impute(kvae, x, mask)             # x (batch, 20, 32, 32) binary frames, mask (batch, 20) bool
 
-``"box"`` and ``"polygon"`` are the KVAEs of the paper's figure 3 trained on the KVAE
+``"box"``, ``"polygon"`` and ``"box_gravity"`` (or ``"gravity"``: the ball in a box with
+gravity) are the KVAEs of the paper's figure 3 and appendix E trained on the KVAE
 authors' own datasets (``datasets/authors``; frames binarised with ``images > 0``):
 32x32 binary frames, 20 per sequence, the paper's settings (5000 sequences, 80 epochs,
 32 filters, the reference schedule). Each one's seed is the best of 4 after 3 epochs by its
