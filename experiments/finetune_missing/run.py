@@ -83,12 +83,15 @@ def run(args):
 def table():
     print("| env | run | epochs | p = 0.5 smoothing | p = 1 generation |")
     print("|---|---|---|---|---|")
+    started = set()
     for path in sorted(glob.glob(os.path.join(ROOT, "*", "*", "result.json"))):
         with open(path) as f:
             r = json.load(f)
         env = os.path.basename(os.path.dirname(os.path.dirname(path)))
         b = r["before"]
-        print(f"| {env} | (start) | {r['start_epoch']} | {b['p0.5_smoothing']:.4f} | {b['p1.0_filtering']:.4f} |")
+        if env not in started:  # every run of an env starts from the same checkpoint
+            started.add(env)
+            print(f"| {env} | (start) | {r['start_epoch']} | {b['p0.5_smoothing']:.4f} | {b['p1.0_filtering']:.4f} |")
         if "after" not in r:
             continue
         a = r["after"]
